@@ -1,0 +1,68 @@
+"""Scaled dot-product attention (Eq. 7) and Model 4's factorised variant.
+
+Both functions plug into `flax.linen.MultiHeadDotProductAttention` as its
+`attention_fn`: queries, keys and values arrive projected, with shape
+(batch, N, heads, head_dim), and the result has the same shape.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def dot_product_attention(query, key, value, *, dropout_rng=None,
+                          dropout_rate=0.0, deterministic=True, dtype=None,
+                          precision=None):
+  """Softmax(Q K^T / sqrt(d_k)) V, Eq. 7, over the token axis N.
+
+  Without attention dropout this is `jax.nn.dot_product_attention`, which XLA
+  fuses and which runs cuDNN's flash attention on GPUs; attention dropout needs
+  the explicit attention weights.
+  """
+  if dropout_rate > 0.0 and not deterministic:
+    return nn.dot_product_attention(
+        query, key, value, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
+        broadcast_dropout=False, deterministic=False, dtype=dtype,
+        precision=precision)
+  return jax.nn.dot_product_attention(query, key, value)
+
+
+def factorized_dot_product_attention(query, key, value, *, temporal_dims: int,
+                                     dropout_rng=None, dropout_rate=0.0,
+                                     deterministic=True, dtype=None,
+                                     precision=None):
+  """Model 4 (Fig. 6): half the heads attend in space, half in time.
+
+  Tokens are laid out time-major, N = n_t * n_h * n_w. The first heads/2
+  heads of each query attend over K_s, V_s: the n_h * n_w tokens of its own
+  frame; the other heads over K_t, V_t: the n_t tokens at its own spatial
+  position. The heads are then concatenated, Y = Concat(Y_s, Y_t), for the
+  output projection W_O.
+
+  Args:
+    query, key, value: (batch, N, heads, head_dim), heads even.
+    temporal_dims: n_t.
+
+  Returns:
+    (batch, N, heads, head_dim).
+  """
+  b, n, heads, head_dim = query.shape
+  t, half = temporal_dims, heads // 2
+  rngs = (jax.random.split(dropout_rng) if dropout_rng is not None
+          else (None, None))
+  attend = lambda q, k, v, rng: dot_product_attention(
+      q, k, v, dropout_rng=rng, dropout_rate=dropout_rate,
+      deterministic=deterministic, dtype=dtype, precision=precision)
+
+  def spatial(x):  # (b, N, h/2, dh) -> (b * n_t, n_h * n_w, h/2, dh)
+    return x[:, :, :half].reshape(b * t, n // t, half, head_dim)
+
+  def temporal(x):  # (b, N, h/2, dh) -> (b * n_h * n_w, n_t, h/2, dh)
+    x = x[:, :, half:].reshape(b, t, n // t, half, head_dim)
+    return x.transpose(0, 2, 1, 3, 4).reshape(b * (n // t), t, half, head_dim)
+
+  y_s = attend(spatial(query), spatial(key), spatial(value), rngs[0])
+  y_t = attend(temporal(query), temporal(key), temporal(value), rngs[1])
+  y_s = y_s.reshape(b, n, half, head_dim)
+  y_t = y_t.reshape(b, n // t, t, half, head_dim).transpose(0, 2, 1, 3, 4)
+  return jnp.concatenate([y_s, y_t.reshape(b, n, half, head_dim)], axis=2)
