@@ -1,0 +1,53 @@
+"""Shared test helpers: small configs and runs on forced host devices."""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from configs import common
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / 'shared'
+
+# Models 1-4 with the classifier each supports.
+VIVIT_MODELS = (('spacetime', 'token'), ('factorized_encoder', 'token'),
+                ('factorized_self_attention_block', 'gap'),
+                ('factorized_dot_product_attention', 'gap'))
+
+
+def tiny_config(attention_type='spacetime', classifier='token', size=8,
+                num_frames=4, patch_size=(4, 4, 2), num_classes=3,
+                model_name='vivit') -> ml_collections.ConfigDict:
+  """A ViViT (or ViT, 3D CNN) config small enough for unit tests."""
+  config = ml_collections.ConfigDict()
+  config.model_name = model_name
+  config.model_dtype_str = 'float32'
+  config.model = common.vivit_model(
+      hidden_size=16, num_layers=2, num_heads=4, mlp_dim=32,
+      patch_size=patch_size, attention_type=attention_type,
+      classifier=classifier, temporal_num_layers=1)
+  config.dataset_configs = common.medmnist_dataset(
+      'adrenalmnist3d', size=size, num_classes=num_classes)
+  config.dataset_configs.num_frames = num_frames
+  return config
+
+
+def run_on_host_devices(script: str, num_devices: int = 4,
+                        timeout: int = 300) -> str:
+  """Runs a Python script in a fresh process with `num_devices` CPU devices.
+
+  Returns its stdout; fails the test with its stderr if it exits non-zero.
+  """
+  env = dict(os.environ,
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}',
+             PYTHONPATH=os.pathsep.join([str(REPO),
+                                         os.environ.get('PYTHONPATH', '')]))
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+  if result.returncode:
+    pytest.fail(f'Subprocess failed:\n{result.stderr[-4000:]}')
+  return result.stdout
