@@ -1,0 +1,181 @@
+"""Training end to end on the real AdrenalMNIST3D (configs/tiny.py): results
+and figures, resumption after SIGTERM, a stop on a non-finite loss, eval
+mode, 1 vs 4 devices, and clear failures for missing data and wrong configs;
+the term project's configs against its Table II."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs import termproject_cnn3d
+from configs import termproject_vivit1
+from configs import termproject_vivit2
+from configs import tiny
+from tests.conftest import REPO, SHARED, run_on_host_devices
+from vivit_jax import checkpointing
+from vivit_jax import data
+from vivit_jax import logs
+from vivit_jax import models
+from vivit_jax import summary
+from vivit_jax import train
+
+DATA_DIR = str(SHARED / 'data')
+
+
+def _config():
+  config = tiny.get_config()
+  config.dataset_configs.data_dir = DATA_DIR
+  return config
+
+
+def _train_losses(workdir) -> pd.Series:
+  scalars = logs.read_scalars(str(workdir))
+  return scalars[scalars.name == 'train/loss'].set_index('step').value
+
+
+@pytest.fixture(scope='module')
+def finished_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  return workdir, train.train_and_evaluate(_config(), str(workdir))
+
+
+def test_run_writes_finite_results_and_figures(finished_run):
+  workdir, results = finished_run
+  assert json.loads((workdir / 'results.json').read_text()) == results
+  assert results['dataset'] == 'adrenalmnist3d'
+  assert results['params'] == summary.summarize(_config())['params']
+  assert results['best_step'] in (3, 6)  # The validation steps.
+  for split in ('val', 'test'):
+    for name in ('acc', 'auc', 'loss', 'top1'):
+      assert np.isfinite(results[split][name]), (split, name)
+    assert results[split]['top5'] is None  # 2 classes.
+  for figure in ('curves.png', 'confusion_matrix.png'):
+    assert (workdir / figure).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert list(_train_losses(workdir).index) == [1, 2, 3, 4, 5, 6]
+
+
+def test_resumed_run_ends_as_an_uninterrupted_one(finished_run, tmp_path,
+                                                  monkeypatch):
+  uninterrupted, _ = finished_run
+  train_batches = data.train_batches
+
+  def sigterm_at_third_batch(*args, **kwargs):
+    for index, batch in enumerate(train_batches(*args, **kwargs)):
+      if index == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(data, 'train_batches', sigterm_at_third_batch)
+  with pytest.raises(train.TrainingStopped, match='SIGTERM at step 2'):
+    train.train_and_evaluate(_config(), str(tmp_path))
+  assert checkpointing.open_manager(str(tmp_path)).latest_step() == 2
+  monkeypatch.undo()
+
+  train.train_and_evaluate(_config(), str(tmp_path))
+  resumed = checkpointing.restore_params(str(tmp_path), step=6)
+  expected = checkpointing.restore_params(str(uninterrupted), step=6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
+               resumed, expected)
+  pd.testing.assert_series_equal(_train_losses(tmp_path),
+                                 _train_losses(uninterrupted))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path, monkeypatch):
+  train_batches = data.train_batches
+
+  def nan_from_fourth_batch(*args, **kwargs):
+    for index, batch in enumerate(train_batches(*args, **kwargs)):
+      if index >= 3:
+        batch['inputs'] = np.full_like(batch['inputs'], np.nan)
+      yield batch
+
+  monkeypatch.setattr(data, 'train_batches', nan_from_fourth_batch)
+  with pytest.raises(train.TrainingStopped,
+                     match=r'Loss is nan by step 4.*last good checkpoint, step 3, is kept'):
+    train.train_and_evaluate(_config(), str(tmp_path))
+  assert checkpointing.open_manager(str(tmp_path)).latest_step() == 3
+  params = checkpointing.restore_params(str(tmp_path), step=3)
+  assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
+
+
+def test_eval_mode_reproduces_the_test_results(finished_run):
+  workdir, results = finished_run
+  evaluated = train.evaluate_workdir(_config(), str(workdir))
+  assert evaluated['best_step'] == results['best_step']
+  for split in ('val', 'test'):
+    for name in ('acc', 'auc', 'loss'):
+      np.testing.assert_allclose(evaluated[split][name],
+                                 results[split][name], rtol=1e-6)
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'optimizer': 'adam'}, r'config\.optimizer: unknown optimizer'),
+    ({'lr_configs.learning_rate_schedule': 'step'},
+     r'config\.lr_configs\.learning_rate_schedule: unknown schedule'),
+    ({'lr_configs.warmup_steps': 2, 'lr_configs.warmup_epochs': 0.01},
+     r'config\.lr_configs\.warmup_steps: .* both in steps and in epochs'),
+    ({'lr_configs.warmup_epochs': 1.0},
+     r'config\.lr_configs\.warmup_epochs: the warm-up \(148 steps\) does '
+     r'not end before training does \(6 steps\)'),
+    ({'batch_size': 2048}, r'config\.batch_size: 2048 is larger than the 1188'),
+    ({'num_training_steps': 0}, r'config\.num_training_steps: 0 is not'),
+    ({'checkpoint_metric': 'f1'}, r'config\.checkpoint_metric: unknown'),
+    ({'model.num_heads': 3}, r'config\.model\.num_heads: 3 heads'),
+])
+def test_config_errors_name_the_field(overrides, message):
+  config = _config()
+  config.update_from_flattened_dict(overrides)
+  with pytest.raises(ValueError, match=message):
+    train.validate_config(config)
+
+
+def test_batch_must_split_over_the_devices(monkeypatch):
+  monkeypatch.setattr(jax, 'device_count', lambda: 3)
+  with pytest.raises(ValueError, match=r'config\.batch_size: 8 examples do '
+                     'not split evenly over the 3 devices. Use a positive '
+                     'multiple of 3'):
+    train.validate_config(_config())
+
+
+def test_four_devices_give_the_losses_of_one(finished_run, tmp_path):
+  one_device, _ = finished_run
+  run_on_host_devices(
+      'import runpy, sys\n'
+      f'sys.argv = ["run.py", "--config=configs/tiny.py", '
+      f'"--config.dataset_configs.data_dir={DATA_DIR}", '
+      f'"--workdir={tmp_path}"]\n'
+      'runpy.run_path("run.py", run_name="__main__")\n', num_devices=4)
+  pd.testing.assert_series_equal(_train_losses(tmp_path),
+                                 _train_losses(one_device), rtol=1e-5)
+
+
+def test_missing_data_exits_with_one_line(tmp_path):
+  result = subprocess.run(
+      [sys.executable, 'run.py', '--config=configs/tiny.py',
+       f'--config.dataset_configs.data_dir={tmp_path}',
+       f'--workdir={tmp_path / "workdir"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, PYTHONPATH=str(REPO)))
+  assert result.returncode != 0
+  last_line = result.stderr.strip().splitlines()[-1]
+  assert last_line.startswith('DataError: adrenalmnist3d.npz')
+  assert '--config.dataset_configs.data_dir' in last_line
+  assert 'Traceback' not in result.stderr
+
+
+@pytest.mark.parametrize('config_module, params', [
+    (termproject_vivit1, 304_907), (termproject_vivit2, 6_338_059),
+    (termproject_cnn3d, 279_435)])
+def test_termproject_configs_have_table_ii_parameter_counts(config_module,
+                                                            params):
+  config = config_module.get_config()
+  variables = summary.abstract_variables(models.create_model(config), config)
+  assert sum(p.size for p in jax.tree.leaves(variables['params'])) == params

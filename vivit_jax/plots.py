@@ -1,0 +1,57 @@
+"""The figures of a finished run: loss and accuracy curves, and the test
+confusion matrix (matplotlib, Agg backend: no display needed)."""
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+import pandas as pd
+
+
+def plot_curves(scalars: pd.DataFrame, steps_per_epoch: int, path: str
+                ) -> None:
+  """Training and validation loss and accuracy against epochs.
+
+  Args:
+    scalars: the run's log (`logs.read_scalars`), with `train/loss`,
+      `train/accuracy`, `val/loss` and `val/accuracy` rows.
+    steps_per_epoch: converts steps to epochs.
+    path: the PNG to write.
+  """
+  figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, quantity in zip(axes, ('loss', 'accuracy')):
+    for split in ('train', 'val'):
+      rows = scalars[scalars.name == f'{split}/{quantity}']
+      ax.plot(rows.step / steps_per_epoch, rows.value,
+              marker='o' if split == 'val' else None, label=split)
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(quantity)
+    ax.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def plot_confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
+                          class_names: Sequence[str], path: str) -> None:
+  """Counts of (true class, predicted class) over `labels` (N,) and
+  `predictions` (N,), written as a PNG to `path`."""
+  num_classes = len(class_names)
+  counts = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(counts, (labels, predictions), 1)
+  size = max(4.0, 0.6 * num_classes + 2)
+  figure, ax = plt.subplots(figsize=(size, size))
+  ax.imshow(counts, cmap='Blues')
+  for (row, column), count in np.ndenumerate(counts):
+    ax.text(column, row, str(count), ha='center', va='center',
+            color='white' if count > counts.max() / 2 else 'black')
+  ax.set_xticks(range(num_classes), class_names, rotation=45, ha='right')
+  ax.set_yticks(range(num_classes), class_names)
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('true')
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
