@@ -7,7 +7,30 @@ Both functions plug into `flax.linen.MultiHeadDotProductAttention` as its
 
 import flax.linen as nn
 import jax
+import jax.extend
 import jax.numpy as jnp
+
+from vivit_jax import blocked_attention
+
+# Part of jit's cache keys, so that a function traced outside is traced anew.
+_XLA_ATTENTION = jax.make_user_context(default_value=False)
+
+
+def xla_attention():
+  """A context in which models use XLA's attention on every backend.
+
+  It is one op over all the scores, whose FLOPs XLA's cost analysis counts;
+  the analysis counts the body of a loop, as in `blocked_attention`, once.
+  """
+  return _XLA_ATTENTION(True)
+
+
+def _cudnn_supports(query: jnp.ndarray) -> bool:
+  """Whether cuDNN's flash attention takes these queries on this backend."""
+  head_dim = query.shape[-1]
+  return ('cuda' in jax.extend.backend.get_backend().platform_version
+          and query.dtype in (jnp.bfloat16, jnp.float16)
+          and head_dim % 8 == 0 and head_dim <= 128)
 
 
 def dot_product_attention(query, key, value, *, dropout_rng=None,
@@ -15,15 +38,23 @@ def dot_product_attention(query, key, value, *, dropout_rng=None,
                           precision=None):
   """Softmax(Q K^T / sqrt(d_k)) V, Eq. 7, over the token axis N.
 
-  Without attention dropout this is `jax.nn.dot_product_attention`, which XLA
-  fuses and which runs cuDNN's flash attention on GPUs; attention dropout needs
-  the explicit attention weights.
+  Attention dropout needs the explicit attention weights. Without it, GPUs
+  run cuDNN's flash attention in bfloat16 and float16, CPUs
+  `blocked_attention`, which never holds all the scores at once, and
+  everything else (and everything within `xla_attention()`) XLA's fused
+  `jax.nn.dot_product_attention`. All compute the same function.
   """
   if dropout_rate > 0.0 and not deterministic:
     return nn.dot_product_attention(
         query, key, value, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
         broadcast_dropout=False, deterministic=False, dtype=dtype,
         precision=precision)
+  if not _XLA_ATTENTION.value:
+    if jax.default_backend() == 'cpu':
+      return blocked_attention.dot_product_attention(query, key, value)
+    if _cudnn_supports(query):
+      return jax.nn.dot_product_attention(query, key, value,
+                                          implementation='cudnn')
   return jax.nn.dot_product_attention(query, key, value)
 
 

@@ -65,6 +65,7 @@ class ViT(nn.Module):
   attention_dropout_rate: float = 0.0
   stochastic_droplayer_rate: float = 0.0
   gelu_approximate: bool = True
+  remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -81,8 +82,8 @@ class ViT(nn.Module):
         num_heads=self.num_heads, dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         stochastic_droplayer_rate=self.stochastic_droplayer_rate,
-        gelu_approximate=self.gelu_approximate, dtype=self.dtype,
-        name='Transformer')(x, train=train)
+        gelu_approximate=self.gelu_approximate, remat=self.remat,
+        dtype=self.dtype, name='Transformer')(x, train=train)
     return _classify(_pool(x, self.classifier), self.num_classes,
                      self.representation_size, 'head', self.dtype)
 
@@ -103,7 +104,7 @@ class ViViT(nn.Module):
     temporal_num_layers, temporal_num_heads, temporal_mlp_dim: Model 2's
       temporal encoder (L_t = 0 is the average-pooling baseline).
     attention_order: Model 3's 'space_time' or 'time_space'.
-    positional_embedding: see `encoder.Encoder`.
+    positional_embedding, remat: see `encoder.Encoder`.
   """
   num_classes: int
   patch_size: Sequence[int]
@@ -126,6 +127,7 @@ class ViViT(nn.Module):
   attention_dropout_rate: float = 0.0
   stochastic_droplayer_rate: float = 0.0
   gelu_approximate: bool = True
+  remat: bool = False
   dtype: jnp.dtype = jnp.float32
 
   def _encoder(self, name, **overrides):
@@ -137,7 +139,8 @@ class ViViT(nn.Module):
         dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         stochastic_droplayer_rate=self.stochastic_droplayer_rate,
-        gelu_approximate=self.gelu_approximate, dtype=self.dtype, name=name)
+        gelu_approximate=self.gelu_approximate, remat=self.remat,
+        dtype=self.dtype, name=name)
     return encoder.Encoder(**{**fields, **overrides})
 
   @nn.compact
@@ -325,6 +328,7 @@ def create_model(config: ml_collections.ConfigDict,
       attention_dropout_rate=model.get('attention_dropout_rate', 0.0),
       stochastic_droplayer_rate=model.get('stochastic_droplayer_rate', 0.0),
       gelu_approximate=model.get('gelu_approximate', True),
+      remat=model.get('remat', False),
       dtype=dtype)
   if name == 'vit':
     return ViT(patch_size=tuple(model.patches.size[:2]), **common)
