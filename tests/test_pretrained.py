@@ -182,16 +182,15 @@ def test_static_clip_gives_the_image_logits(random_vit, weights,
       atol=1e-4, rtol=0)
 
 
-def test_tubelet_kernel_initialisers():
-  key, shape = jax.random.key(0), (3, 2, 2, 1, 4)
-  central = pretrained.tubelet_kernel_init('central_frame')(key, shape)
-  average = pretrained.tubelet_kernel_init('average_frame')(key, shape)
-  random = pretrained.tubelet_kernel_init('random')(key, shape)
-  assert central.shape == average.shape == random.shape == shape
-  assert not jnp.any(central[0]) and not jnp.any(central[2])
-  np.testing.assert_allclose(central[1], 3 * average[0], rtol=1e-6)
-  np.testing.assert_array_equal(average[0], average[2])
-  assert jnp.all(random[0] != random[2])
+def test_inflated_kernels_follow_eqs_8_and_9():
+  kernel = jax.random.normal(jax.random.key(0), (2, 2, 1, 4))
+  central = pretrained.inflate_kernel(kernel, 3, 'central_frame')
+  average = pretrained.inflate_kernel(kernel, 3, 'average_frame')
+  assert central.shape == average.shape == (3, 2, 2, 1, 4)
+  assert not jnp.any(central[0]) and not jnp.any(central[2])  # Eq. 9.
+  np.testing.assert_array_equal(central[1], kernel)
+  for frame in range(3):  # Eq. 8.
+    np.testing.assert_allclose(average[frame], kernel / 3, rtol=1e-6)
 
 
 def _tokens(patches, kernel):

@@ -98,7 +98,6 @@ class ViViT(nn.Module):
     patch_size: tubelet (h, w, t).
     temporal_encoding: '3d_conv' (tubelet embedding) or 'temporal_sampling'
       (uniform frame sampling of `n_sampled_frames` frames).
-    kernel_init: initialiser of the tubelet kernel.
     classifier: 'token' or 'gap'; Model 2 pools each frame and then the
       temporal encoder's output with it.
     temporal_num_layers, temporal_num_heads, temporal_mlp_dim: Model 2's
@@ -115,7 +114,6 @@ class ViViT(nn.Module):
   attention_type: str = 'spacetime'
   temporal_encoding: str = '3d_conv'
   n_sampled_frames: int = 0
-  kernel_init: nn.initializers.Initializer = nn.linear.default_kernel_init
   classifier: str = 'token'
   representation_size: Optional[int] = None
   temporal_num_layers: int = 4
@@ -148,8 +146,8 @@ class ViViT(nn.Module):
     """(batch, T, H, W, C) -> (batch, num_classes)."""
     if self.temporal_encoding == '3d_conv':
       tokens = embedding.TubeletEmbedding(
-          self.hidden_size, self.patch_size, kernel_init=self.kernel_init,
-          dtype=self.dtype, name='embedding')(clip)
+          self.hidden_size, self.patch_size, dtype=self.dtype,
+          name='embedding')(clip)
     else:
       tokens = embedding.FrameSamplingEmbedding(
           self.hidden_size, self.patch_size, self.n_sampled_frames,
@@ -303,14 +301,11 @@ def input_shape(config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 def create_model(config: ml_collections.ConfigDict,
-                 kernel_init: Optional[nn.initializers.Initializer] = None,
                  axis_name: Optional[str] = None) -> nn.Module:
   """Checks `config` (see `validate_config`) and builds its model.
 
   Args:
     config: an experiment config, e.g. `configs/vivit_b.py`'s.
-    kernel_init: initialiser of the tubelet kernel (checkpoint loading sets
-      it); the convolution's default otherwise.
     axis_name: `pmap` axis for the 3D CNN's batch statistics.
   """
   validate_config(config)
@@ -341,7 +336,6 @@ def create_model(config: ml_collections.ConfigDict,
       temporal_encoding=model.temporal_encoding_config.method,
       n_sampled_frames=model.temporal_encoding_config.get(
           'n_sampled_frames', 0),
-      kernel_init=kernel_init or nn.linear.default_kernel_init,
       temporal_num_layers=temporal.get('num_layers', 4),
       temporal_num_heads=temporal.get('num_heads', model.num_heads),
       temporal_mlp_dim=temporal.get('mlp_dim', model.mlp_dim),

@@ -70,23 +70,6 @@ def inflate_kernel(kernel: jnp.ndarray, depth: int, method: str
                    "'central_frame' or 'average_frame'.")
 
 
-def tubelet_kernel_init(method: str) -> nn.initializers.Initializer:
-  """The tubelet kernel's random initialiser for a KERNEL_INIT_METHODS name.
-
-  'central_frame' and 'average_frame' draw a 2D kernel (h, w, C, d) as the
-  convolution's default initialiser does (LeCun normal) and inflate it;
-  'random' draws the whole 3D kernel.
-  """
-  _check_choice('kernel_init_method', method, KERNEL_INIT_METHODS)
-  if method == 'random':
-    return nn.linear.default_kernel_init
-
-  def init(key, shape, dtype=jnp.float32):
-    kernel = nn.linear.default_kernel_init(key, shape[1:], dtype)
-    return inflate_kernel(kernel, shape[0], method)
-  return init
-
-
 def resize_patch_kernel(kernel: np.ndarray, patch: Sequence[int]
                         ) -> np.ndarray:
   """Resizes a patch kernel (..., h, w, C, d) to (..., h', w', C, d).
