@@ -210,7 +210,8 @@ class CNN3D(nn.Module):
         jnp.float32)
 
 
-def _fail(field: str, problem: str, fix: str):
+def config_error(field: str, problem: str, fix: str):
+  """Raises ValueError naming `config.field`, the problem and the fix."""
   raise ValueError(f'config.{field}: {problem}. {fix}')
 
 
@@ -219,32 +220,32 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   model, data = config.model, config.dataset_configs
   name = config.get('model_name', 'vivit')
   if name not in MODEL_NAMES:
-    _fail('model_name', f'unknown model {name!r}', f'Use one of {MODEL_NAMES}.')
+    config_error('model_name', f'unknown model {name!r}', f'Use one of {MODEL_NAMES}.')
   if config.get('model_dtype_str', 'float32') not in ('float32', 'bfloat16'):
-    _fail('model_dtype_str', f'unknown dtype {config.model_dtype_str!r}',
+    config_error('model_dtype_str', f'unknown dtype {config.model_dtype_str!r}',
           "Use 'float32' or 'bfloat16'.")
   if name == 'cnn3d':
     return
   attention_type = model.attention_config.type if name == 'vivit' else 'spacetime'
   if attention_type not in encoder.ATTENTION_TYPES:
-    _fail('model.attention_config.type',
+    config_error('model.attention_config.type',
           f'unknown attention type {attention_type!r}',
           f'Use one of {encoder.ATTENTION_TYPES}.')
   if model.classifier not in CLASSIFIERS:
-    _fail('model.classifier', f'unknown classifier {model.classifier!r}',
+    config_error('model.classifier', f'unknown classifier {model.classifier!r}',
           f'Use one of {CLASSIFIERS}.')
   if model.hidden_size % model.num_heads:
-    _fail('model.num_heads', f'{model.num_heads} heads do not divide '
+    config_error('model.num_heads', f'{model.num_heads} heads do not divide '
           f'hidden_size {model.hidden_size}',
           'Choose a head count that divides the width.')
   if model.get('positional_embedding', 'learned_1d') not in (
       encoder.POSITIONAL_EMBEDDINGS):
-    _fail('model.positional_embedding',
+    config_error('model.positional_embedding',
           f'unknown embedding {model.positional_embedding!r}',
           f'Use one of {encoder.POSITIONAL_EMBEDDINGS}.')
   fh, fw = model.patches.size[:2]
   if data.crop_size % fh or data.crop_size % fw:
-    _fail('model.patches.size', f'patch {fh}x{fw} does not divide '
+    config_error('model.patches.size', f'patch {fh}x{fw} does not divide '
           f'dataset_configs.crop_size {data.crop_size}',
           'Choose a patch size that divides the crop size.')
   if name == 'vit':
@@ -252,42 +253,42 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
   encoding = model.temporal_encoding_config.method
   if encoding not in TEMPORAL_ENCODINGS:
-    _fail('model.temporal_encoding_config.method',
+    config_error('model.temporal_encoding_config.method',
           f'unknown method {encoding!r}', f'Use one of {TEMPORAL_ENCODINGS}.')
   if encoding == '3d_conv':
     if len(model.patches.size) != 3:
-      _fail('model.patches.size', f'{tuple(model.patches.size)} is not a '
+      config_error('model.patches.size', f'{tuple(model.patches.size)} is not a '
             'tubelet (h, w, t)', 'Give three sizes.')
     ft = model.patches.size[2]
     if data.num_frames % ft:
-      _fail('model.patches.size', f'tubelet depth t={ft} does not divide '
+      config_error('model.patches.size', f'tubelet depth t={ft} does not divide '
             f'dataset_configs.num_frames {data.num_frames}',
             'Choose a tubelet depth that divides the number of frames.')
   elif not 0 < model.temporal_encoding_config.n_sampled_frames <= (
       data.num_frames):
-    _fail('model.temporal_encoding_config.n_sampled_frames',
+    config_error('model.temporal_encoding_config.n_sampled_frames',
           f'cannot sample {model.temporal_encoding_config.n_sampled_frames} '
           f'of {data.num_frames} frames', 'Choose 1 to num_frames frames.')
 
   if attention_type == 'factorized_self_attention_block':
     if model.classifier == 'token':
-      _fail('model.classifier', 'Model 3 (factorized_self_attention_block) '
+      config_error('model.classifier', 'Model 3 (factorized_self_attention_block) '
             'has no class token', "Use classifier='gap'.")
     if model.attention_config.attention_order not in encoder.ATTENTION_ORDERS:
-      _fail('model.attention_config.attention_order',
+      config_error('model.attention_config.attention_order',
             f'unknown order {model.attention_config.attention_order!r}',
             f'Use one of {encoder.ATTENTION_ORDERS}.')
   if attention_type == 'factorized_dot_product_attention':
     if model.num_heads % 2:
-      _fail('model.num_heads', f'Model 4 splits heads between space and time, '
+      config_error('model.num_heads', f'Model 4 splits heads between space and time, '
             f'but {model.num_heads} is odd', 'Use an even number of heads.')
     if model.classifier == 'token':
-      _fail('model.classifier', 'Model 4 (factorized_dot_product_attention) '
+      config_error('model.classifier', 'Model 4 (factorized_dot_product_attention) '
             'has no class token', "Use classifier='gap'.")
   if attention_type == 'factorized_encoder':
     temporal = model.temporal_transformer
     if temporal.num_layers and model.hidden_size % temporal.num_heads:
-      _fail('model.temporal_transformer.num_heads',
+      config_error('model.temporal_transformer.num_heads',
             f'{temporal.num_heads} heads do not divide hidden_size '
             f'{model.hidden_size}', 'Choose a head count that divides the width.')
 

@@ -68,10 +68,6 @@ class TrainingStopped(Exception):
   to do next."""
 
 
-def _fail(field: str, problem: str, fix: str):
-  raise ValueError(f'config.{field}: {problem}. {fix}')
-
-
 def _schedule_steps(config: ml_collections.ConfigDict, num_train: int
                     ) -> tuple[int, int]:
   """(steps per epoch, total steps) for `num_train` training examples; the
@@ -93,51 +89,51 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """
   models.validate_config(config)
   if config.optimizer not in optimizers.OPTIMIZERS:
-    _fail('optimizer', f'unknown optimizer {config.optimizer!r}',
+    models.config_error('optimizer', f'unknown optimizer {config.optimizer!r}',
           f'Use one of {optimizers.OPTIMIZERS}.')
   lr_configs = config.lr_configs
   if lr_configs.learning_rate_schedule not in optimizers.SCHEDULES:
-    _fail('lr_configs.learning_rate_schedule',
+    models.config_error('lr_configs.learning_rate_schedule',
           f'unknown schedule {lr_configs.learning_rate_schedule!r}',
           f'Use one of {optimizers.SCHEDULES}.')
   if lr_configs.base_learning_rate <= 0:
-    _fail('lr_configs.base_learning_rate',
+    models.config_error('lr_configs.base_learning_rate',
           f'{lr_configs.base_learning_rate} is not positive',
           'Give a positive learning rate.')
   if lr_configs.get('warmup_steps') is not None and lr_configs.get(
       'warmup_epochs'):
-    _fail('lr_configs.warmup_steps', 'warm-up is given both in steps and in '
+    models.config_error('lr_configs.warmup_steps', 'warm-up is given both in steps and in '
           'epochs', 'Set one of warmup_steps and warmup_epochs, and the other '
           'to None or 0.')
   if config.get('max_grad_norm') is not None and config.max_grad_norm <= 0:
-    _fail('max_grad_norm', f'{config.max_grad_norm} is not positive',
+    models.config_error('max_grad_norm', f'{config.max_grad_norm} is not positive',
           'Give a positive norm, or None to not clip.')
   for field in ('num_training_epochs', 'num_training_steps',
                 'log_summary_steps', 'log_eval_steps', 'checkpoint_steps',
                 'max_checkpoints_to_keep'):
     if config.get(field) is not None and config[field] <= 0:
-      _fail(field, f'{config[field]} is not positive',
+      models.config_error(field, f'{config[field]} is not positive',
             'Give a positive number.')
   if config.checkpoint_metric not in checkpointing.MODES:
-    _fail('checkpoint_metric', f'unknown metric {config.checkpoint_metric!r}',
+    models.config_error('checkpoint_metric', f'unknown metric {config.checkpoint_metric!r}',
           f'Use one of {tuple(checkpointing.MODES)}.')
 
   num_devices = jax.device_count()
   for field in ('batch_size', 'eval_batch_size'):
     if config[field] <= 0 or config[field] % num_devices:
-      _fail(field, f'{config[field]} examples do not split evenly over the '
+      models.config_error(field, f'{config[field]} examples do not split evenly over the '
             f'{num_devices} devices', f'Use a positive multiple of '
             f'{num_devices}.')
   num_train = data.dataset_info(
       config.dataset_configs.dataset_name)['n_samples']['train']
   if config.batch_size > num_train:
-    _fail('batch_size', f'{config.batch_size} is larger than the '
+    models.config_error('batch_size', f'{config.batch_size} is larger than the '
           f'{num_train} training examples', 'Use a smaller batch.')
   steps_per_epoch, total_steps = _schedule_steps(config, num_train)
   warmup = optimizers.warmup_steps(config, steps_per_epoch)
   if warmup >= total_steps:
     unit = 'steps' if lr_configs.get('warmup_steps') is not None else 'epochs'
-    _fail(f'lr_configs.warmup_{unit}', f'the warm-up ({warmup} steps) does not '
+    models.config_error(f'lr_configs.warmup_{unit}', f'the warm-up ({warmup} steps) does not '
           f'end before training does ({total_steps} steps)',
           'Shorten the warm-up or train longer.')
 
