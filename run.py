@@ -22,7 +22,7 @@ import jax
 from ml_collections import config_flags
 
 from vivit_jax import bench
-from vivit_jax import checkpoint_io
+from vivit_jax.pretrained import readers
 from vivit_jax import data
 from vivit_jax import summary
 from vivit_jax import train
@@ -82,7 +82,7 @@ def main(argv):
       train.train_and_evaluate(config, _WORKDIR.value)
     else:
       print(json.dumps(train.evaluate_workdir(config, _WORKDIR.value)))
-  except (FileNotFoundError, data.DataError, checkpoint_io.CheckpointError,
+  except (FileNotFoundError, data.DataError, readers.CheckpointError,
           train.TrainingStopped) as error:
     raise SystemExit(f'{type(error).__name__}: {error}') from error
 

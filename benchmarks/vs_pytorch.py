@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from vivit_jax import bench
-from vivit_jax import embedding
+from vivit_jax.models import embedding
 from vivit_jax import models
 from vivit_jax import train
 

@@ -21,6 +21,7 @@ from tests.conftest import REPO, VIVIT_MODELS, tiny_config
 from vivit_jax import bench
 from vivit_jax import models
 from vivit_jax import summary
+from vivit_jax import spec
 
 BENCH_KEYS = ('train_samples_per_s', 'eval_samples_per_s', 'compile_s',
               'peak_memory_bytes', 'gflops_per_sample')
@@ -67,7 +68,7 @@ def test_remat_keeps_parameters_loss_and_gradients(attention_type,
   config.model.remat = True
   remat = models.create_model(config)
   clips = jax.random.normal(jax.random.key(0),
-                            (2,) + models.input_shape(config))
+                            (2,) + spec.input_shape(config))
   targets = jax.nn.one_hot(jnp.array([0, 2]), 3)
   init = lambda model: functools.partial(model.init, train=False)
   params = jax.jit(init(plain))(jax.random.key(1), clips)['params']

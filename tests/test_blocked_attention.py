@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vivit_jax import attention
-from vivit_jax import blocked_attention
+from vivit_jax.models import attention
+from vivit_jax.models import blocked_attention
 
 
 def _qkv(batch, tokens, heads, head_dim, dtype=jnp.float32):

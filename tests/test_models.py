@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vivit_jax import attention
-from vivit_jax import embedding
-from vivit_jax import encoder
+from vivit_jax.models import attention
+from vivit_jax.models import embedding
+from vivit_jax.models import encoder
 from vivit_jax import models
 from tests.conftest import tiny_config
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from tests.conftest import VIVIT_MODELS, tiny_config
 from vivit_jax import models
+from vivit_jax import spec
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 assert jax.local_device_count() == 4
@@ -21,7 +22,7 @@ configs['cnn3d'] = tiny_config(model_name='cnn3d', size=16, num_frames=16)
 errors = {}
 for name, config in configs.items():
   model = models.create_model(config)
-  shape = models.input_shape(config)
+  shape = spec.input_shape(config)
   inputs = jax.random.normal(jax.random.key(0), (8,) + shape)
   variables = model.init(jax.random.key(1), inputs, train=False)
   variables = jax.tree.map(

@@ -31,10 +31,11 @@ import pytest
 from configs import common
 from tests.conftest import tiny_config
 from tests.fixtures import make_parity_fixtures as fixtures
-from vivit_jax import checkpoint_io
-from vivit_jax import checkpointing
+from vivit_jax.pretrained import readers
+from vivit_jax import checkpoints
 from vivit_jax import models
 from vivit_jax import pretrained
+from vivit_jax import spec
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 
@@ -73,7 +74,7 @@ def _init(config):
   """The model and stand-in initial parameters: noise in the shapes of
   `model.init`'s, which takes seconds per model on a CPU."""
   model = models.create_model(config)
-  clip = jnp.zeros((1,) + models.input_shape(config))
+  clip = jnp.zeros((1,) + spec.input_shape(config))
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), clip, train=False))['params']
   return model, _randomize(shapes, seed=100)
@@ -258,7 +259,7 @@ def test_loads_into_small_one_channel_volumes(random_vit, weights, size,
 
 
 def test_positional_embedding_choices(random_vit):
-  with pytest.raises(checkpoint_io.CheckpointError, match='resize_tile'):
+  with pytest.raises(readers.CheckpointError, match='resize_tile'):
     _load(_config(random_vit, size=8, positional_embed_size_change='tile'))
   _, initial, params, report = _load(
       _config(random_vit, size=8, restore_positional_embedding=False))
@@ -270,7 +271,7 @@ def test_positional_embedding_choices(random_vit):
 
 
 def test_model_2_temporal_encoder_is_initialised_or_left(random_vit):
-  source = _flat(checkpoint_io.read_vit_npz(random_vit).params)
+  source = _flat(readers.read_vit_npz(random_vit).params)
   config = _config(random_vit, attention_type='factorized_encoder')
   _, initial, params, report = _load(config)
   initial, params = _flat(initial), _flat(params)
@@ -313,7 +314,7 @@ def test_model_3_temporal_attention_starts_as_residual_and_trains(random_vit):
 
   config.init_from.init_temporal_transformer = True
   _, _, params, _ = _load(config)
-  source = checkpoint_io.read_vit_npz(random_vit).params
+  source = readers.read_vit_npz(random_vit).params
   np.testing.assert_array_equal(
       _flat(params)[f'{time}/query/kernel'],
       source['Transformer/encoderblock_0/MultiHeadDotProductAttention_1/'
@@ -354,7 +355,7 @@ def test_report_is_short_and_names_what_it_did(random_vit):
 def test_big_vision_layout_reads_as_vision_transformer(random_vit, tmp_path):
   """big_vision numbers block modules in call order, may stack layers for
   nn.scan, and adds positions before the class token (a zero position)."""
-  ours = checkpoint_io.read_vit_npz(random_vit).params
+  ours = readers.read_vit_npz(random_vit).params
   renames = {'MultiHeadDotProductAttention_1': 'MultiHeadDotProductAttention_0',
              'LayerNorm_2': 'LayerNorm_1', 'MlpBlock_3': 'MlpBlock_0'}
   blocks = {}
@@ -373,7 +374,7 @@ def test_big_vision_layout_reads_as_vision_transformer(random_vit, tmp_path):
   np.savez(tmp_path / 'big_vision.npz',
            **{f'params/{name}': value for name, value in big_vision.items()},
            **{'opt/step': np.int32(0)})
-  read = checkpoint_io.read_vit_npz(str(tmp_path / 'big_vision.npz'))
+  read = readers.read_vit_npz(str(tmp_path / 'big_vision.npz'))
   expected = dict(ours)
   posemb = expected['Transformer/posembed_input/pos_embedding'].copy()
   posemb[:, 0] = 0
@@ -389,8 +390,8 @@ def test_fine_tunes_from_a_vivit_run_dropping_the_output_layer(random_vit,
                                                                tmp_path):
   _, _, trained, _ = _load(_config(random_vit))
   trained = _randomize(trained, seed=1)
-  manager = checkpointing.create_manager(str(tmp_path))
-  checkpointing.save(manager, 10, {'params': jax.tree.map(np.asarray, trained),
+  manager = checkpoints.create_manager(str(tmp_path))
+  checkpoints.save(manager, 10, {'params': jax.tree.map(np.asarray, trained),
                                    'step': np.int32(10)},
                      {'acc': 0.5, 'auc': 0.5, 'loss': 1.0})
   config = _config(str(tmp_path), num_classes=2)
@@ -406,7 +407,7 @@ def test_fine_tunes_from_a_vivit_run_dropping_the_output_layer(random_vit,
 
 
 def test_errors_name_the_file(random_vit, tmp_path):
-  error = checkpoint_io.CheckpointError
+  error = readers.CheckpointError
   with pytest.raises(error, match='nowhere.npz does not exist'):
     _load(_config(str(tmp_path / 'nowhere.npz')))
   (tmp_path / 'notes.npz').write_text('not an archive')
@@ -432,9 +433,9 @@ def test_pytorch_pickle_needs_pytorch(tmp_path, monkeypatch):
       '{"model_type": "vit", "num_attention_heads": 4}')
   (tmp_path / 'pytorch_model.bin').write_bytes(b'')
   monkeypatch.setitem(sys.modules, 'torch', None)  # `import torch` fails.
-  with pytest.raises(checkpoint_io.CheckpointError,
+  with pytest.raises(readers.CheckpointError,
                      match='pytorch_model.bin is a PyTorch pickle'):
-    checkpoint_io.read_checkpoint(str(tmp_path))
+    readers.read_checkpoint(str(tmp_path))
 
 
 def test_unmappable_shapes_load_nothing_and_name_the_keys(random_vit):
@@ -442,7 +443,7 @@ def test_unmappable_shapes_load_nothing_and_name_the_keys(random_vit):
   config.model.update(hidden_size=32, mlp_dim=64)
   model, params = _init(config)
   before = _flat(params)
-  with pytest.raises(checkpoint_io.CheckpointError) as error:
+  with pytest.raises(readers.CheckpointError) as error:
     pretrained.load_pretrained(config, params)
   message = str(error.value)
   assert message.startswith(f'{random_vit} (vit_npz) cannot initialise the '
@@ -455,7 +456,7 @@ def test_unmappable_shapes_load_nothing_and_name_the_keys(random_vit):
 
   config = _config(random_vit)
   config.model.num_layers = 3
-  with pytest.raises(checkpoint_io.CheckpointError,
+  with pytest.raises(readers.CheckpointError,
                      match='Transformer: 3 layers in the model, 2 in the '
                      'checkpoint'):
     _load(config)
@@ -535,14 +536,14 @@ def test_reads_deit_folders_and_pytorch_pickles(tmp_path):
       'distillation_classifier.bias': "DeiT's distillation head"}
   assert not report.kept and not report.reshaped
 
-  safetensors_read = checkpoint_io.read_checkpoint(str(tmp_path / 'deit'))
+  safetensors_read = readers.read_checkpoint(str(tmp_path / 'deit'))
   (tmp_path / 'pickled').mkdir()
   (tmp_path / 'pickled' / 'config.json').write_bytes(
       (tmp_path / 'deit' / 'config.json').read_bytes())
   torch.save(safetensors.torch.load_file(tmp_path / 'deit' /
                                          'model.safetensors'),
              tmp_path / 'pickled' / 'pytorch_model.bin')
-  pickle_read = checkpoint_io.read_checkpoint(str(tmp_path / 'pickled'))
+  pickle_read = readers.read_checkpoint(str(tmp_path / 'pickled'))
   np.testing.assert_equal(pickle_read.params, safetensors_read.params)
 
 

@@ -19,7 +19,7 @@ from configs import termproject_vivit1
 from configs import termproject_vivit2
 from configs import tiny
 from tests.conftest import REPO, SHARED, run_on_host_devices
-from vivit_jax import checkpointing
+from vivit_jax import checkpoints
 from vivit_jax import data
 from vivit_jax import logs
 from vivit_jax import models
@@ -75,12 +75,12 @@ def test_resumed_run_ends_as_an_uninterrupted_one(finished_run, tmp_path,
   monkeypatch.setattr(data, 'train_batches', sigterm_at_third_batch)
   with pytest.raises(train.TrainingStopped, match='SIGTERM at step 2'):
     train.train_and_evaluate(_config(), str(tmp_path))
-  assert checkpointing.open_manager(str(tmp_path)).latest_step() == 2
+  assert checkpoints.open_manager(str(tmp_path)).latest_step() == 2
   monkeypatch.undo()
 
   train.train_and_evaluate(_config(), str(tmp_path))
-  resumed = checkpointing.restore_params(str(tmp_path), step=6)
-  expected = checkpointing.restore_params(str(uninterrupted), step=6)
+  resumed = checkpoints.restore_params(str(tmp_path), step=6)
+  expected = checkpoints.restore_params(str(uninterrupted), step=6)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6),
                resumed, expected)
   pd.testing.assert_series_equal(_train_losses(tmp_path),
@@ -101,8 +101,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
   with pytest.raises(train.TrainingStopped,
                      match=r'Loss is nan by step 4.*last good checkpoint, step 3, is kept'):
     train.train_and_evaluate(_config(), str(tmp_path))
-  assert checkpointing.open_manager(str(tmp_path)).latest_step() == 3
-  params = checkpointing.restore_params(str(tmp_path), step=3)
+  assert checkpoints.open_manager(str(tmp_path)).latest_step() == 3
+  params = checkpoints.restore_params(str(tmp_path), step=3)
   assert all(np.isfinite(p).all() for p in jax.tree.leaves(params))
 
 

@@ -34,6 +34,7 @@ import optax
 from vivit_jax import models
 from vivit_jax import summary
 from vivit_jax import train
+from vivit_jax import spec
 
 _WARMUP_STEPS = flags.DEFINE_integer(
     'bench_warmup_steps', 2, '--mode=bench: untimed steps before timing.')
@@ -99,7 +100,7 @@ def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
   shape = (jax.local_device_count(), batch_size // jax.local_device_count())
   labels = rng.integers(0, num_classes, shape, dtype=np.int32)
   return jax.device_put({
-      'inputs': rng.random(shape + models.input_shape(config), np.float32),
+      'inputs': rng.random(shape + spec.input_shape(config), np.float32),
       'labels': labels,
       'targets': np.eye(num_classes, dtype=np.float32)[labels],
       'mask': np.ones(shape, np.float32),

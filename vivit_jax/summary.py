@@ -12,13 +12,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vivit_jax import attention
+from vivit_jax.models import attention
 from vivit_jax import models
+from vivit_jax import spec
 
 
 def abstract_variables(model, config: ml_collections.ConfigDict):
   """The model's variables as `jax.ShapeDtypeStruct`s, for a batch of 1."""
-  clip = jnp.zeros((1,) + models.input_shape(config), jnp.float32)
+  clip = jnp.zeros((1,) + spec.input_shape(config), jnp.float32)
   return jax.eval_shape(
       lambda: model.init(jax.random.key(0), clip, train=False))
 
@@ -30,7 +31,7 @@ def forward_gflops(model, variables, config: ml_collections.ConfigDict
   XLA's cost analysis counts a multiply-add as 2 FLOPs; the paper's Table 2
   counts it as one, so this is XLA's count / 2.
   """
-  clip = jax.ShapeDtypeStruct((1,) + models.input_shape(config), jnp.float32)
+  clip = jax.ShapeDtypeStruct((1,) + spec.input_shape(config), jnp.float32)
   with attention.xla_attention():  # Whose FLOPs the analysis counts.
     lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
         variables, clip)

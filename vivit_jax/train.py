@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from vivit_jax import checkpointing
+from vivit_jax import checkpoints
 from vivit_jax import data
 from vivit_jax import logs
 from vivit_jax import metrics as medmnist_metrics
@@ -41,6 +41,7 @@ from vivit_jax import models
 from vivit_jax import optimizers
 from vivit_jax import plots
 from vivit_jax import pretrained
+from vivit_jax import spec
 
 AXIS = 'batch'
 
@@ -80,60 +81,60 @@ def _schedule_steps(config: ml_collections.ConfigDict, num_train: int
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the config field that cannot work.
 
-  Checks the model (`models.validate_config`), then the training fields:
+  Checks the model (`spec.validate_config`), then the training fields:
   optimiser, schedule, batch sizes against the device count and the
-  training set, step counts and checkpointing. Nothing is compiled.
+  training set, step counts and checkpoints. Nothing is compiled.
 
   Raises:
     data.DataError: the data set is unknown.
   """
-  models.validate_config(config)
+  spec.validate_config(config)
   if config.optimizer not in optimizers.OPTIMIZERS:
-    models.config_error('optimizer', f'unknown optimizer {config.optimizer!r}',
+    spec.config_error('optimizer', f'unknown optimizer {config.optimizer!r}',
           f'Use one of {optimizers.OPTIMIZERS}.')
   lr_configs = config.lr_configs
   if lr_configs.learning_rate_schedule not in optimizers.SCHEDULES:
-    models.config_error('lr_configs.learning_rate_schedule',
+    spec.config_error('lr_configs.learning_rate_schedule',
           f'unknown schedule {lr_configs.learning_rate_schedule!r}',
           f'Use one of {optimizers.SCHEDULES}.')
   if lr_configs.base_learning_rate <= 0:
-    models.config_error('lr_configs.base_learning_rate',
+    spec.config_error('lr_configs.base_learning_rate',
           f'{lr_configs.base_learning_rate} is not positive',
           'Give a positive learning rate.')
   if lr_configs.get('warmup_steps') is not None and lr_configs.get(
       'warmup_epochs'):
-    models.config_error('lr_configs.warmup_steps', 'warm-up is given both in steps and in '
+    spec.config_error('lr_configs.warmup_steps', 'warm-up is given both in steps and in '
           'epochs', 'Set one of warmup_steps and warmup_epochs, and the other '
           'to None or 0.')
   if config.get('max_grad_norm') is not None and config.max_grad_norm <= 0:
-    models.config_error('max_grad_norm', f'{config.max_grad_norm} is not positive',
+    spec.config_error('max_grad_norm', f'{config.max_grad_norm} is not positive',
           'Give a positive norm, or None to not clip.')
   for field in ('num_training_epochs', 'num_training_steps',
                 'log_summary_steps', 'log_eval_steps', 'checkpoint_steps',
                 'max_checkpoints_to_keep'):
     if config.get(field) is not None and config[field] <= 0:
-      models.config_error(field, f'{config[field]} is not positive',
+      spec.config_error(field, f'{config[field]} is not positive',
             'Give a positive number.')
-  if config.checkpoint_metric not in checkpointing.MODES:
-    models.config_error('checkpoint_metric', f'unknown metric {config.checkpoint_metric!r}',
-          f'Use one of {tuple(checkpointing.MODES)}.')
+  if config.checkpoint_metric not in checkpoints.MODES:
+    spec.config_error('checkpoint_metric', f'unknown metric {config.checkpoint_metric!r}',
+          f'Use one of {tuple(checkpoints.MODES)}.')
 
   num_devices = jax.device_count()
   for field in ('batch_size', 'eval_batch_size'):
     if config[field] <= 0 or config[field] % num_devices:
-      models.config_error(field, f'{config[field]} examples do not split evenly over the '
+      spec.config_error(field, f'{config[field]} examples do not split evenly over the '
             f'{num_devices} devices', f'Use a positive multiple of '
             f'{num_devices}.')
   num_train = data.dataset_info(
       config.dataset_configs.dataset_name)['n_samples']['train']
   if config.batch_size > num_train:
-    models.config_error('batch_size', f'{config.batch_size} is larger than the '
+    spec.config_error('batch_size', f'{config.batch_size} is larger than the '
           f'{num_train} training examples', 'Use a smaller batch.')
   steps_per_epoch, total_steps = _schedule_steps(config, num_train)
   warmup = optimizers.warmup_steps(config, steps_per_epoch)
   if warmup >= total_steps:
     unit = 'steps' if lr_configs.get('warmup_steps') is not None else 'epochs'
-    models.config_error(f'lr_configs.warmup_{unit}', f'the warm-up ({warmup} steps) does not '
+    spec.config_error(f'lr_configs.warmup_{unit}', f'the warm-up ({warmup} steps) does not '
           f'end before training does ({total_steps} steps)',
           'Shorten the warm-up or train longer.')
 
@@ -162,7 +163,7 @@ def create_train_state(config: ml_collections.ConfigDict, model,
 
   Parameters are float32 whatever `config.model_dtype_str`.
   """
-  clip = jnp.zeros((1,) + models.input_shape(config), jnp.float32)
+  clip = jnp.zeros((1,) + spec.input_shape(config), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(rng, clip)
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'],
@@ -280,7 +281,7 @@ def _load_pretrained(config: ml_collections.ConfigDict, state: TrainState
 def _restore(manager, step: int, state: TrainState, rng: jax.Array
              ) -> tuple[TrainState, jax.Array]:
   """Checkpoint `step` into the host `state`, and the run's dropout key."""
-  tree = checkpointing.restore(manager, step, _checkpoint_tree(state, rng))
+  tree = checkpoints.restore(manager, step, _checkpoint_tree(state, rng))
   # A Python int, as in a fresh state, so that the steps do not recompile.
   state = state.replace(params=tree['params'], opt_state=tree['opt_state'],
                         step=int(tree['step']),
@@ -428,7 +429,7 @@ def _validate(setup: _Setup, progress: _Progress, state: TrainState,
   logging.info('step %d validation: %s', step, val)
   progress.write(step, {f'val/{"accuracy" if name == "top1" else name}': value
                         for name, value in val.items() if value is not None})
-  return {name: val[name] for name in checkpointing.MODES}
+  return {name: val[name] for name in checkpoints.MODES}
 
 
 def _non_finite_loss(loss: float, step: int, manager) -> TrainingStopped:
@@ -489,14 +490,14 @@ def _train(setup: _Setup, workdir: str, manager) -> float:
           with progress.paused():
             metrics = _validate(setup, progress, state, step) if (
                 validate) else None
-            checkpointing.save(manager, step, _checkpoint_tree(
+            checkpoints.save(manager, step, _checkpoint_tree(
                 jax_utils.unreplicate(state), rng), metrics)
         if stop or step == setup.total_steps:
           break
   if stop:
     raise TrainingStopped(
         f'Stopped by {signal.Signals(received[0]).name} at step {step}; the '
-        f'checkpoint is in {checkpointing.checkpoint_dir(workdir)}. Run the '
+        f'checkpoint is in {checkpoints.checkpoint_dir(workdir)}. Run the '
         'same command to resume.')
   return progress.seconds()
 
@@ -518,7 +519,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     TrainingStopped: see `_train`.
   """
   setup = _Setup(config)
-  with checkpointing.create_manager(
+  with checkpoints.create_manager(
       workdir, config.checkpoint_metric,
       config.max_checkpoints_to_keep) as manager:
     seconds = _train(setup, workdir, manager)
@@ -560,6 +561,6 @@ def evaluate_workdir(config: ml_collections.ConfigDict, workdir: str
                      ) -> dict:
   """Validation and test metrics of the best checkpoint of `workdir`."""
   setup = _Setup(config)
-  with checkpointing.open_manager(workdir) as manager:
+  with checkpoints.open_manager(workdir) as manager:
     best = setup.evaluate_best(manager)
   return {name: best[name] for name in ('best_step', 'val', 'test')}

@@ -13,8 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vivit_jax import attention
-from vivit_jax import embedding
+from vivit_jax.models import attention
+from vivit_jax.models import embedding
 
 ATTENTION_TYPES = ('spacetime', 'factorized_encoder',
                    'factorized_self_attention_block',

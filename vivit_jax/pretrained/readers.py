@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.flax
 
-from vivit_jax import checkpointing
+from vivit_jax import checkpoints
 
 FORMATS = ('auto', 'vit_npz', 'huggingface', 'orbax')
 
@@ -118,7 +118,7 @@ def detect_format(path: str) -> str:
   if os.path.isfile(os.path.join(path, 'config.json')):
     return 'huggingface'
   if (os.path.basename(os.path.normpath(path)) == 'checkpoints' or
-      os.path.isdir(checkpointing.checkpoint_dir(path))):
+      os.path.isdir(checkpoints.checkpoint_dir(path))):
     return 'orbax'
   raise CheckpointError(
       f'{path} is a folder with neither config.json (a Hugging Face model) '
@@ -357,7 +357,7 @@ def _hf_grid(hf_config: dict, is_video: bool) -> tuple[int, int, int]:
 def read_orbax(path: str) -> Checkpoint:
   """The parameters of a vivit-jax run (its best, else latest, checkpoint)."""
   try:
-    params = checkpointing.restore_params(path)
+    params = checkpoints.restore_params(path)
   except FileNotFoundError as e:
     raise CheckpointError(f'{path}: {e}') from e
   params = {'/'.join(name): np.asarray(value) for name, value in

@@ -10,7 +10,7 @@ import jax
 import jax.extend
 import jax.numpy as jnp
 
-from vivit_jax import blocked_attention
+from vivit_jax.models import blocked_attention
 
 # Part of jit's cache keys, so that a function traced outside is traced anew.
 _XLA_ATTENTION = jax.make_user_context(default_value=False)

@@ -15,7 +15,7 @@ validation metrics {'acc', 'auc', 'loss'}, and the manager keeps the last
 
 To use a trained model's parameters elsewhere:
 
-  params = checkpointing.restore_params('/path/to/workdir')
+  params = checkpoints.restore_params('/path/to/workdir')
 """
 
 import os

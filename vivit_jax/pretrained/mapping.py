@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vivit_jax import checkpoint_io
+from vivit_jax.pretrained import readers
 
 KERNEL_INIT_METHODS = ('central_frame', 'average_frame', 'random')
 POSITIONAL_EMBED_SIZE_CHANGES = ('tile', 'resize_tile')
@@ -158,7 +158,7 @@ def load_pretrained(config: ml_collections.ConfigDict, params
     New parameters (the input is not modified) and the `LoadReport`.
 
   Raises:
-    checkpoint_io.CheckpointError: the checkpoint is missing, unreadable, or
+    readers.CheckpointError: the checkpoint is missing, unreadable, or
       does not map into the model; the message names the file and the
       parameters.
     ValueError: `config.init_from` names an unknown choice.
@@ -175,7 +175,7 @@ def load_pretrained(config: ml_collections.ConfigDict, params
   _check_choice('config.init_from.positional_embed_size_change',
                 init.positional_embed_size_change,
                 POSITIONAL_EMBED_SIZE_CHANGES)
-  checkpoint = checkpoint_io.read_checkpoint(init.checkpoint_path,
+  checkpoint = readers.read_checkpoint(init.checkpoint_path,
                                              init.checkpoint_format)
   target = {'/'.join(name): value for name, value in
             traverse_util.flatten_dict(params).items()}
@@ -205,7 +205,7 @@ class _Plan:
   a parameter or all those below it.
   """
 
-  def __init__(self, checkpoint: checkpoint_io.Checkpoint,
+  def __init__(self, checkpoint: readers.Checkpoint,
                target: dict[str, jnp.ndarray]):
     self.checkpoint = checkpoint
     self.source = checkpoint.params
@@ -276,7 +276,7 @@ class _Plan:
   def finish(self) -> LoadReport:
     """The report; raises CheckpointError if any parameter failed to map."""
     if self.errors:
-      raise checkpoint_io.CheckpointError(self._error_message())
+      raise readers.CheckpointError(self._error_message())
     self.keep('', 'not in the checkpoint')
     self.report.unused.update(self.checkpoint.unused)
     for name in self.source:
@@ -578,7 +578,7 @@ def _map_head(plan: _Plan, restore: bool) -> None:
 
 
 def _notes(config: ml_collections.ConfigDict,
-           checkpoint: checkpoint_io.Checkpoint) -> list[str]:
+           checkpoint: readers.Checkpoint) -> list[str]:
   """Architecture differences that change outputs but not shapes."""
   notes = []
   approximate = config.model.get('gelu_approximate', True)
