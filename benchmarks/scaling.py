@@ -1,6 +1,6 @@
 """Training speed and memory of ViViT Models 1-4 against the number of tokens.
 
-The term project's ViViT (configs/termproject_vivit1.py: width 64, 6 layers,
+The term project's ViViT (configs/termproject.py:vivit1: width 64, 6 layers,
 8 heads, MLP 256, tubelet 4x4x4, global average pooling; Model 2 adds a
 4-layer temporal encoder) with each of the paper's four attention types, on
 28^3 volumes (343 tokens) and 64^3 volumes (4096 tokens), batch 8, without
@@ -47,7 +47,7 @@ def bench(attention_type: str, size: int, remat: bool) -> dict:
       'dataset_configs.crop_size': size,
   }
   command = [sys.executable, 'run.py',
-             '--config=configs/termproject_vivit1.py', '--mode=bench',
+             '--config=configs/termproject.py:vivit1', '--mode=bench',
              f'--bench_warmup_steps={_WARMUP_STEPS.value}',
              f'--bench_timed_steps={_TIMED_STEPS.value}']
   command += [f'--config.{field}={value}' for field, value in overrides.items()]

@@ -1,6 +1,6 @@
 """The term project's hyper-parameter grid (its Sections III.C and IV.A,
 Table I) on OrganMNIST3D (28^3): ViViT-1's recipe
-(`configs/termproject_vivit1.py`) over learning rates {1e-3, 1e-4, 1e-5},
+(`configs/termproject.py:vivit1`) over learning rates {1e-3, 1e-4, 1e-5},
 widths {64, 128, 256} (MLP 4 x width), heads {4, 8}, layers {6, 8} and cubic
 tubelets {4, 7}: 72 runs, printed as Table I.
 
@@ -30,7 +30,7 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None,
 _PRINT_ONLY = flags.DEFINE_bool('print_only', False,
                                 'Print the commands instead of running them.')
 
-CONFIG = 'configs/termproject_vivit1.py'
+CONFIG = 'configs/termproject.py:vivit1'
 LEARNING_RATES = (1e-3, 1e-4, 1e-5)
 WIDTHS = (64, 128, 256)
 HEADS = (4, 8)

@@ -1,6 +1,6 @@
 """vivit-jax against a PyTorch eager ViViT: training samples/s on a CPU.
 
-Trains the term project's ViViT Model 1 (configs/termproject_vivit1.py: its
+Trains the term project's ViViT Model 1 (configs/termproject.py:vivit1: its
 Sections II and III.C; tubelet 4x4x4 on 28^3 volumes, width 64, 8 heads, 6
 layers, batch 16, AdamW) in one process: vivit-jax's train step
 (`bench.compile_train_step`) and the PyTorch model below, written for this
@@ -11,7 +11,7 @@ timed steps. The last line printed is one JSON object with
 `jax_samples_per_s`, `torch_samples_per_s` and `ratio` (JAX over PyTorch).
 
   pip install -e '.[bench]'   # PyTorch's CPU build.
-  python -m benchmarks.vs_pytorch [--config=configs/termproject_vivit1.py]
+  python -m benchmarks.vs_pytorch [--config=configs/termproject.py:vivit1]
 """
 
 import json
@@ -33,7 +33,7 @@ from vivit_jax import models
 from vivit_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', 'configs/termproject_vivit1.py',
+    'config', 'configs/termproject.py:vivit1',
     'A ViViT Model 1 config with GAP and a sinusoidal position code.',
     lock_config=True)
 _WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 2,

@@ -2,8 +2,7 @@
 normal vs. hyperplasia), small enough to train on a 2-core CPU: the README's
 results table (`benchmarks/adrenal_table.py`).
 
-  python run.py --config=configs/adrenal.py:model1 --workdir=/tmp/adrenal_m1 \
-      --config.dataset_configs.data_dir=../shared/data
+  python run.py --config=configs/adrenal.py:model1 --workdir=/tmp/adrenal_m1
 
 The four ViViTs share width 64, 4 heads, MLP 256 and 7 x 7 x 4 (h x w x t)
 tubelets: 4 x 4 tokens for each of 7 groups of 4 slices, 112 tokens. Model 1
@@ -11,13 +10,13 @@ has 4 layers of joint space-time attention, Model 2 4 spatial and 2
 temporal layers, Model 3 4 blocks of factorised self-attention and Model 4
 4 layers whose heads attend half over space, half over time. All five
 models train alike: AdamW, 1 epoch of warm-up then cosine decay, batch 32,
-with the data set's label-preserving augmentation (`data.augmentation_config`).
+with the data set's label-preserving augmentation (`config_builders.augmentation`).
 """
 
 import ml_collections
 
-from configs import common
-from vivit_jax import data
+from vivit_jax import config_builders
+
 
 # arg -> (attention type, classifier); Models 3 and 4 have no class token.
 VIVIT_MODELS = {
@@ -43,16 +42,15 @@ def get_config(arg: str = 'model1') -> ml_collections.ConfigDict:
   else:
     attention_type, classifier = VIVIT_MODELS[arg]
     config.model_name = 'vivit'
-    config.model = common.vivit_model(
+    config.model = config_builders.vivit_model(
         hidden_size=64, num_layers=4, num_heads=4, mlp_dim=256,
         patch_size=(7, 7, 4), attention_type=attention_type,
         classifier=classifier, temporal_num_layers=2)
     num_training_epochs = 20
 
-  config.dataset_configs = common.medmnist_dataset('adrenalmnist3d', size=28,
-                                                   num_classes=2)
-  config.augmentation = data.augmentation_config('adrenalmnist3d', 28)
-  config.update(common.training(
+  config.dataset_configs = config_builders.medmnist_dataset('adrenalmnist3d')
+  config.augmentation = config_builders.augmentation('adrenalmnist3d', 28)
+  config.update(config_builders.training(
       'adamw', base_learning_rate=1e-3, batch_size=32,
       num_training_epochs=num_training_epochs, warmup_epochs=1.0,
       weight_decay=1e-4))

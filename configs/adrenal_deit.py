@@ -4,7 +4,6 @@ tubelet kernel from the central frame (Eq. 9), averaged over frames (Eq. 8,
 filter inflation) or random.
 
   python run.py --config=configs/adrenal_deit.py:central_frame \
-      --config.dataset_configs.data_dir=../shared/data \
       --workdir=/tmp/adrenal_deit_central_frame
 
 DeiT-Tiny: 12 layers, 3 heads, width 192, MLP 768, exact GELU. Tubelets of
@@ -14,12 +13,19 @@ it from 16 x 16 to 14 x 14 and the 14 x 14 positional embedding to 2 x 2,
 then repeats it over the 7 time steps.
 """
 
+import os
+
 import ml_collections
 
-from configs import common
-from vivit_jax import data
+from vivit_jax import config_builders
 
-DEIT_TINY = '../shared/weights/deit_tiny_patch16_224/deit_tiny_patch16_224.npz'
+
+# The DeiT-Tiny weights beside this repository (../shared/weights), found
+# from this file wherever the command runs; override with
+# --config.init_from.checkpoint_path.
+DEIT_TINY = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
+    'shared', 'weights', 'deit_tiny_patch16_224', 'deit_tiny_patch16_224.npz')
 
 
 def get_config(kernel_init_method: str = 'central_frame'
@@ -28,16 +34,15 @@ def get_config(kernel_init_method: str = 'central_frame'
   config.experiment_name = f'adrenal_deit_{kernel_init_method}'
   config.model_name = 'vivit'
   config.model_dtype_str = 'float32'
-  config.model = common.vivit_model(
+  config.model = config_builders.vivit_model(
       hidden_size=192, num_layers=12, num_heads=3, mlp_dim=768,
       patch_size=(14, 14, 4))
   config.model.gelu_approximate = False
-  config.dataset_configs = common.medmnist_dataset('adrenalmnist3d', size=28,
-                                                   num_classes=2)
-  config.augmentation = data.augmentation_config('adrenalmnist3d', 28)
-  config.init_from = common.init_from(DEIT_TINY,
+  config.dataset_configs = config_builders.medmnist_dataset('adrenalmnist3d')
+  config.augmentation = config_builders.augmentation('adrenalmnist3d', 28)
+  config.init_from = config_builders.init_from(DEIT_TINY,
                                       kernel_init_method=kernel_init_method)
-  config.update(common.training(
+  config.update(config_builders.training(
       'adamw', base_learning_rate=3e-4, batch_size=32, num_training_epochs=10,
       warmup_epochs=1.0, weight_decay=1e-4))
   config.eval_batch_size = 64

@@ -1,14 +1,13 @@
 """A tiny ViViT (Model 1) trained for a few steps on AdrenalMNIST3D (28^3):
 the end-to-end check of CI, under a minute on a CPU.
 
-  python run.py --config=configs/tiny.py \
-      --config.dataset_configs.data_dir=../shared/data --workdir=/tmp/tiny
+  python run.py --config=configs/tiny.py --workdir=/tmp/tiny
 """
 
 import ml_collections
 
-from configs import common
-from vivit_jax import data
+from vivit_jax import config_builders
+
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -16,14 +15,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.experiment_name = 'tiny_adrenalmnist3d'
   config.model_name = 'vivit'
   config.model_dtype_str = 'float32'
-  config.model = common.vivit_model(
+  config.model = config_builders.vivit_model(
       hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32,
       patch_size=(7, 7, 7))
-  config.dataset_configs = common.medmnist_dataset('adrenalmnist3d', size=28,
-                                                   num_classes=2)
-  config.augmentation = data.augmentation_config('adrenalmnist3d', 28)
+  config.dataset_configs = config_builders.medmnist_dataset('adrenalmnist3d')
+  config.augmentation = config_builders.augmentation('adrenalmnist3d', 28)
 
-  config.update(common.training('adamw', base_learning_rate=1e-3,
+  config.update(config_builders.training('adamw', base_learning_rate=1e-3,
                                 batch_size=8, num_training_epochs=1))
   config.eval_batch_size = 64
   config.num_training_steps = 6

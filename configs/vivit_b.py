@@ -14,8 +14,8 @@ the tubelet embedding):
 import ml_collections
 from ml_collections import config_dict
 
-from configs import common
-from vivit_jax import data
+from vivit_jax import config_builders
+
 
 
 def get_config(arg: str = 'organmnist3d') -> ml_collections.ConfigDict:
@@ -25,27 +25,27 @@ def get_config(arg: str = 'organmnist3d') -> ml_collections.ConfigDict:
   config.model_dtype_str = 'float32'
 
   # ViT-Base: L = 12, N_H = 12, d = 768, MLP 3072; Model 2 has L_t = 4.
-  config.model = common.vivit_model(
+  config.model = config_builders.vivit_model(
       hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072,
       patch_size=(16, 16, 2), temporal_num_layers=4)
 
   if arg == 'kinetics400':
-    config.dataset_configs = common.kinetics400_dataset()
+    config.dataset_configs = config_builders.kinetics400_dataset()
   elif arg == 'organmnist3d':
-    config.dataset_configs = common.medmnist_dataset('organmnist3d', size=64,
-                                                     num_classes=11)
-    config.augmentation = data.augmentation_config('organmnist3d', 64)
+    config.dataset_configs = config_builders.medmnist_dataset('organmnist3d',
+                                                              size=64)
+    config.augmentation = config_builders.augmentation('organmnist3d', 64)
   else:
     raise ValueError(f"Unknown config argument {arg!r}: use 'organmnist3d' or "
                      "'kinetics400'.")
 
   # The checkpoint to start from, e.g. a ViT-B/16 .npz; None: random init.
-  config.init_from = common.init_from(config_dict.placeholder(str))
+  config.init_from = config_builders.init_from(config_dict.placeholder(str))
 
   # Table 7: synchronous SGD, momentum 0.9, cosine schedule after 2.5 epochs
   # of linear warm-up, base rate 0.1, batch 64, 30 epochs (Kinetics), and
   # gradients clipped at global norm 1 as in Scenic's ViViT configs.
-  config.update(common.training(
+  config.update(config_builders.training(
       'sgd', base_learning_rate=0.1, batch_size=64, num_training_epochs=30,
       schedule='cosine', warmup_epochs=2.5, momentum=0.9, max_grad_norm=1.0))
   return config

@@ -8,7 +8,7 @@ import sys
 import ml_collections
 import pytest
 
-from configs import common
+from vivit_jax import config_builders
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
@@ -26,13 +26,13 @@ def tiny_config(attention_type='spacetime', classifier='token', size=8,
   config = ml_collections.ConfigDict()
   config.model_name = model_name
   config.model_dtype_str = 'float32'
-  config.model = common.vivit_model(
+  config.model = config_builders.vivit_model(
       hidden_size=16, num_layers=2, num_heads=4, mlp_dim=32,
       patch_size=patch_size, attention_type=attention_type,
       classifier=classifier, temporal_num_layers=1)
-  config.dataset_configs = common.medmnist_dataset(
-      'adrenalmnist3d', size=size, num_classes=num_classes)
-  config.dataset_configs.num_frames = num_frames
+  config.dataset_configs = ml_collections.ConfigDict({
+      'dataset_name': 'synthetic', 'num_classes': num_classes,
+      'num_frames': num_frames, 'crop_size': size, 'num_channels': 1})
   return config
 
 

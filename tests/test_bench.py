@@ -16,12 +16,12 @@ import numpy as np
 import optax
 import pytest
 
-from configs import tiny
 from tests.conftest import REPO, VIVIT_MODELS, tiny_config
 from vivit_jax import bench
 from vivit_jax import models
 from vivit_jax import summary
 from vivit_jax import spec
+import vivit_jax
 
 BENCH_KEYS = ('train_samples_per_s', 'eval_samples_per_s', 'compile_s',
               'peak_memory_bytes', 'gflops_per_sample')
@@ -38,7 +38,8 @@ def test_bench_mode_prints_its_figures_as_the_last_line():
   for key in BENCH_KEYS:
     assert math.isfinite(figures[key]) and figures[key] > 0, (key, figures)
   assert figures['mfu'] is None  # No known peak FLOP/s for a CPU.
-  expected = summary.summarize(tiny.get_config())
+  expected = summary.summarize(
+      vivit_jax.load_config(str(REPO / 'configs/tiny.py')))
   assert figures['params'] == expected['params']
   assert figures['gflops_per_sample'] == pytest.approx(expected['gflops'],
                                                        abs=1e-3)
@@ -68,7 +69,8 @@ def test_remat_keeps_parameters_loss_and_gradients(attention_type,
   config.model.remat = True
   remat = models.create_model(config)
   clips = jax.random.normal(jax.random.key(0),
-                            (2,) + spec.input_shape(config))
+                            (2,) + spec.check_config(
+                                config, mode='model').input_shape)
   targets = jax.nn.one_hot(jnp.array([0, 2]), 3)
   init = lambda model: functools.partial(model.init, train=False)
   params = jax.jit(init(plain))(jax.random.key(1), clips)['params']

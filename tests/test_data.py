@@ -3,6 +3,7 @@
 import hashlib
 import importlib.util
 import io
+import itertools
 import os
 import shutil
 import textwrap
@@ -14,10 +15,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import common
-from configs import vivit_b
-from tests.conftest import SHARED, run_on_host_devices
+import vivit_jax
+from tests.conftest import REPO, SHARED, run_on_host_devices
+from vivit_jax import config_builders
 from vivit_jax import data
+from vivit_jax import spec as spec_lib
+from vivit_jax.data import augment
+from vivit_jax.data import medmnist
+from vivit_jax.data import pipeline
+from vivit_jax.data import sources
 
 DATA_DIR = SHARED / 'data'
 ADRENAL_MD5 = 'bbd3c5a5576322bc4cdfea780653b1ce'
@@ -34,17 +40,14 @@ needs_adrenal = pytest.mark.skipif(
 
 
 def adrenal_configs(data_dir, size=28):
-  return common.medmnist_dataset('adrenalmnist3d', size, num_classes=2,
-                                 data_dir=str(data_dir))
+  return config_builders.medmnist_dataset('adrenalmnist3d', size,
+                                          data_dir=str(data_dir))
 
 
 def augmentation_only(name='adrenalmnist3d', **fields):
-  config = ml_collections.ConfigDict({
-      'dataset_configs': {'dataset_name': name},
-      'augmentation': data.augmentation_config(name, size=8),
-  })
-  config.augmentation.update(fields)
-  return config
+  augmentation = config_builders.augmentation(name, size=8)
+  augmentation.update(fields)
+  return augmentation
 
 
 @pytest.fixture
@@ -57,7 +60,7 @@ def no_network(monkeypatch):
 @needs_medmnist
 @needs_adrenal
 def test_load_splits_reads_real_adrenal():
-  splits = data.load_splits(adrenal_configs(DATA_DIR))
+  splits = medmnist.load_splits(adrenal_configs(DATA_DIR))
   sizes = {split: len(labels) for split, (_, labels) in splits.items()}
   assert sizes == {'train': 1188, 'val': 98, 'test': 298}
   for volumes, labels in splits.values():
@@ -74,7 +77,7 @@ def test_load_splits_names_the_field_that_does_not_fit():
   configs.num_frames = 32
   with pytest.raises(data.DataError, match=r'adrenalmnist3d_64\.npz .*'
                      r'num_frames is 32: set it to 64'):
-    data.load_splits(configs)
+    medmnist.load_splits(configs)
 
 
 @needs_medmnist
@@ -88,7 +91,7 @@ def test_corrupt_file_names_file_and_md5s(tmp_path):
   corrupt.write_bytes(content)
   actual = hashlib.md5(content).hexdigest()
   with pytest.raises(data.DataError) as error:
-    data.load_splits(adrenal_configs(tmp_path))
+    medmnist.load_splits(adrenal_configs(tmp_path))
   message = str(error.value)
   assert '\n' not in message
   for part in (str(corrupt), actual, ADRENAL_MD5, ADRENAL_URL):
@@ -97,10 +100,10 @@ def test_corrupt_file_names_file_and_md5s(tmp_path):
 
 @needs_medmnist
 def test_missing_file_without_network_is_one_line(tmp_path, no_network):
-  config = vivit_b.get_config()
+  config = vivit_jax.load_config(str(REPO / 'configs/vivit_b.py'))
   config.dataset_configs.data_dir = str(tmp_path)
   with pytest.raises(data.DataError) as error:
-    data.load_splits(config.dataset_configs)
+    medmnist.load_splits(config.dataset_configs)
   message = str(error.value)
   assert '\n' not in message
   for part in ('organmnist3d_64.npz', '58a2205adf14a9d0a189cb06dc78bf10',
@@ -115,10 +118,10 @@ def test_offline_variable_stops_downloads(tmp_path, monkeypatch):
   def fail(url, timeout):
     raise AssertionError(f'downloaded {url}')
   monkeypatch.setattr(urllib.request, 'urlopen', fail)
-  monkeypatch.setenv(data.OFFLINE_ENV, '1')
+  monkeypatch.setenv(medmnist.OFFLINE_ENV, '1')
   with pytest.raises(data.DataError) as error:
-    data.load_splits(adrenal_configs(tmp_path))
-  assert f'({data.OFFLINE_ENV} is set)' in str(error.value)
+    medmnist.load_splits(adrenal_configs(tmp_path))
+  assert f'({medmnist.OFFLINE_ENV} is set)' in str(error.value)
 
 
 @needs_medmnist
@@ -127,7 +130,7 @@ def test_download_is_checked_and_kept(tmp_path, monkeypatch):
   served = (DATA_DIR / 'adrenalmnist3d.npz').read_bytes()
   monkeypatch.setattr(urllib.request, 'urlopen',
                       lambda url, timeout: io.BytesIO(served))
-  splits = data.load_splits(adrenal_configs(tmp_path))
+  splits = medmnist.load_splits(adrenal_configs(tmp_path))
   assert len(splits['train'][1]) == 1188
   assert (tmp_path / 'adrenalmnist3d.npz').read_bytes() == served
 
@@ -137,46 +140,47 @@ def test_bad_download_is_not_kept(tmp_path, monkeypatch):
   monkeypatch.setattr(urllib.request, 'urlopen',
                       lambda url, timeout: io.BytesIO(b'<html>'))
   with pytest.raises(data.DataError, match='download has md5'):
-    data.load_splits(adrenal_configs(tmp_path))
+    medmnist.load_splits(adrenal_configs(tmp_path))
   assert not os.listdir(tmp_path)
 
 
 @needs_medmnist
 def test_dataset_info_by_any_case_and_unknown_names():
-  info = data.dataset_info('OrganMNIST3D')
+  info = medmnist.dataset_info('OrganMNIST3D')
   assert info['task'] == 'multi-class' and len(info['label']) == 11
   with pytest.raises(data.DataError, match='organmnist3d, nodulemnist3d, '
                      'adrenalmnist3d, fracturemnist3d, vesselmnist3d, '
                      'synapsemnist3d'):
-    data.dataset_info('pathmnist')
+    medmnist.dataset_info('pathmnist')
 
 
 def test_no_flips_for_organmnist3d():
-  assert data.default_flip_axes('organmnist3d') == ()
-  assert data.default_flip_axes('adrenalmnist3d') == data.FLIP_AXES
-  config = augmentation_only('organmnist3d', flip_axes=('depth',))
-  with pytest.raises(ValueError, match="'depth', a flip along which can "
-                     'change the label of organmnist3d'):
-    data.augment(np.random.default_rng(0), np.zeros((1, 4, 4, 4, 1)), config)
+  assert medmnist.default_flip_axes('organmnist3d') == ()
+  assert medmnist.default_flip_axes('adrenalmnist3d') == augment.FLIP_AXES
+  config = vivit_jax.load_config(str(REPO / 'configs/termproject.py'))
+  config.augmentation.flip_axes = ('depth',)
+  with pytest.raises(spec_lib.ConfigError, match="'depth', a flip along "
+                     'which can change the label of organmnist3d'):
+    spec_lib.check_config(config)
 
 
 def test_augment_keeps_shape_dtype_and_range():
   volumes = np.random.default_rng(0).random((16, 8, 6, 10, 1), np.float32)
   config = augmentation_only(max_shift=2, intensity_jitter=0.5)
-  out = data.augment(np.random.default_rng(1), volumes, config)
+  out = augment.augment(np.random.default_rng(1), volumes, config)
   assert out.shape == volumes.shape and out.dtype == np.float32
   assert out.min() >= 0 and out.max() <= 1
   assert not np.allclose(out, volumes)
 
 
-@pytest.mark.parametrize('axis', data.FLIP_AXES)
+@pytest.mark.parametrize('axis', augment.FLIP_AXES)
 def test_augment_flips_only_the_allowed_axis(axis):
   volume = np.arange(5 * 6 * 7, dtype=np.float32).reshape(1, 5, 6, 7, 1)
   volumes = np.repeat(volume / volume.max(), 32, axis=0)
   config = augmentation_only(max_shift=0, intensity_jitter=0.0,
                              flip_axes=(axis,))
-  out = data.augment(np.random.default_rng(0), volumes, config)
-  flipped = np.flip(volumes[0], data.FLIP_AXES.index(axis))
+  out = augment.augment(np.random.default_rng(0), volumes, config)
+  flipped = np.flip(volumes[0], augment.FLIP_AXES.index(axis))
   is_flipped = [np.array_equal(o, flipped) for o in out]
   is_kept = [np.array_equal(o, volumes[0]) for o in out]
   assert all(f != k for f, k in zip(is_flipped, is_kept))
@@ -187,7 +191,7 @@ def test_augment_shifts_by_at_most_max_shift():
   volumes = np.zeros((32, 9, 9, 9, 1), np.float32)
   volumes[:, 4, 4, 4] = 1
   config = augmentation_only(max_shift=2, intensity_jitter=0.0, flip_axes=())
-  out = data.augment(np.random.default_rng(0), volumes, config)
+  out = augment.augment(np.random.default_rng(0), volumes, config)
   peaks = np.argwhere(out[..., 0] == 1)
   assert len(peaks) == len(out)
   shifts = peaks[:, 1:] - 4
@@ -196,7 +200,7 @@ def test_augment_shifts_by_at_most_max_shift():
 
 def test_smooth_labels_is_eq_11():
   one_hot = np.eye(4, dtype=np.float32)[[0, 3]]
-  smoothed = data.smooth_labels(one_hot, 0.2)
+  smoothed = augment.smooth_labels(one_hot, 0.2)
   np.testing.assert_allclose(smoothed, [[0.85, 0.05, 0.05, 0.05],
                                         [0.05, 0.05, 0.05, 0.85]], rtol=1e-6)
 
@@ -205,7 +209,7 @@ def test_mixup_is_eq_12():
   batch = 16
   volumes = np.arange(batch, dtype=np.float32).reshape(batch, 1, 1, 1, 1)
   one_hot = np.eye(batch, dtype=np.float32)
-  mixed, targets = data.mixup(np.random.default_rng(0), volumes, one_hot,
+  mixed, targets = augment.mixup(np.random.default_rng(0), volumes, one_hot,
                               alpha=0.4)
   # Row i is lam y_i + (1 - lam) y_j: one lam, partners j a permutation.
   lam = np.diag(targets).min()
@@ -219,16 +223,28 @@ def test_mixup_is_eq_12():
                              rtol=1e-5)
 
 
-def epoch(seed, epoch_index, skip=0, prefetch=2, **fields):
+def array_source(seed=3, **fields):
   volumes = np.random.default_rng(0).random((22, 4, 4, 4, 1), np.float32)
-  config = augmentation_only(max_shift=1, mixup_alpha=0.3,
-                             label_smoothing=0.1, **fields)
-  return list(data.train_batches(
-      volumes, np.arange(22), batch_size=4, seed=seed, epoch=epoch_index,
-      config=config, num_classes=22, skip=skip, prefetch=prefetch))
+  config = ml_collections.ConfigDict({
+      'batch_size': 4, 'eval_batch_size': 4, 'rng_seed': seed,
+      'augmentation': augmentation_only(max_shift=1, mixup_alpha=0.3,
+                                        label_smoothing=0.1, **fields)})
+  splits = {split: (volumes, np.arange(22, dtype=np.int32))
+            for split in sources.SPLITS}
+  return sources.ArraySource(splits, config=config,
+                             class_names=[str(i) for i in range(22)],
+                             task='multi-class')
 
 
-def test_train_batches_depend_on_seed_and_epoch_only():
+def epoch(seed, epoch_index, prefetch=2):
+  """The batches of one epoch (5 steps of 4 of 22 examples), made ahead by
+  `prefetch` threads."""
+  source = array_source(seed)
+  steps = range(5 * epoch_index, 5 * (epoch_index + 1))
+  return list(pipeline.prepared_ahead(source.train_batch, steps, prefetch))
+
+
+def test_train_batches_depend_on_seed_and_step_only():
   first = epoch(seed=3, epoch_index=1)
   again = epoch(seed=3, epoch_index=1, prefetch=5)
   assert len(first) == 22 // 4
@@ -243,28 +259,30 @@ def test_train_batches_depend_on_seed_and_epoch_only():
   assert len(np.unique(labels)) == len(labels)
   other = epoch(seed=3, epoch_index=2)
   assert not np.array_equal(first[0]['labels'], other[0]['labels'])
+  assert not np.array_equal(first[0]['labels'],
+                            epoch(seed=4, epoch_index=1)[0]['labels'])
 
 
-def test_train_batches_skip_resumes_the_epoch():
-  full, resumed = epoch(seed=5, epoch_index=4), epoch(seed=5, epoch_index=4,
-                                                      skip=3)
-  assert len(resumed) == len(full) - 3
+def test_train_batches_resume_at_any_step():
+  source = array_source(seed=5)
+  full = list(pipeline.prepared_ahead(source.train_batch, range(20, 25)))
+  resumed = list(pipeline.prepared_ahead(source.train_batch, range(23, 25)))
   for batch, same in zip(full[3:], resumed):
     for key in batch:
       np.testing.assert_array_equal(batch[key], same[key])
 
 
 def test_train_batches_raise_errors_of_the_background_thread():
-  with pytest.raises(ValueError, match="'time', not one of"):
-    epoch(seed=0, epoch_index=0, flip_axes=('time',))
+  def make(step):
+    raise ValueError(f'cannot make batch {step}')
+  with pytest.raises(ValueError, match='cannot make batch 0'):
+    list(pipeline.prepared_ahead(make, range(3)))
 
 
 def test_train_batches_stop_their_thread_when_closed():
   threads = threading.active_count()
-  batches = data.train_batches(
-      np.zeros((64, 2, 2, 2, 1), np.float32), np.zeros(64, np.int32),
-      batch_size=2, seed=0, epoch=0, config=augmentation_only(),
-      num_classes=2)
+  batches = pipeline.prepared_ahead(array_source().train_batch,
+                                    itertools.count())
   next(batches)
   assert threading.active_count() > threads
   batches.close()
@@ -274,7 +292,9 @@ def test_train_batches_stop_their_thread_when_closed():
 def test_eval_batches_cover_the_split_once_in_order():
   volumes = np.random.default_rng(0).random((10, 2, 3, 3, 1), np.float32)
   labels = np.arange(10) % 3
-  batches = list(data.eval_batches(volumes, labels, batch_size=4))
+  batches = list(sources.padded_batches(
+      {'inputs': volumes, 'labels': labels.astype(np.int32),
+       'index': np.arange(10, dtype=np.int32)}, batch_size=4))
   assert [b['mask'].tolist() for b in batches] == [[1] * 4, [1] * 4,
                                                   [1, 1, 0, 0]]
   real = np.concatenate([b['mask'] for b in batches]).astype(bool)
@@ -282,30 +302,32 @@ def test_eval_batches_cover_the_split_once_in_order():
       np.concatenate([b['inputs'] for b in batches])[real], volumes)
   np.testing.assert_array_equal(
       np.concatenate([b['labels'] for b in batches])[real], labels)
+  np.testing.assert_array_equal(
+      np.concatenate([b['index'] for b in batches])[real], np.arange(10))
   assert all(b['inputs'].shape == (4, 2, 3, 3, 1) for b in batches)
   assert batches[-1]['labels'].dtype == np.int32
 
 
 def test_shard_for_host_takes_this_process_rows(monkeypatch):
-  monkeypatch.setattr(data.jax, 'process_count', lambda: 2)
-  monkeypatch.setattr(data.jax, 'process_index', lambda: 1)
+  monkeypatch.setattr(pipeline.jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(pipeline.jax, 'process_index', lambda: 1)
   batch = {'inputs': np.arange(8).reshape(4, 2), 'mask': np.arange(4)}
-  local = data.shard_for_host(batch)
+  local = pipeline.shard_for_host(batch)
   np.testing.assert_array_equal(local['inputs'], [[4, 5], [6, 7]])
   np.testing.assert_array_equal(local['mask'], [2, 3])
   with pytest.raises(ValueError, match='does not split over 2 processes'):
-    data.shard_for_host({'mask': np.arange(3)})
+    pipeline.shard_for_host({'mask': np.arange(3)})
 
 
-def test_prefetch_to_devices_splits_over_four_devices():
+def test_to_devices_splits_over_four_devices():
   script = textwrap.dedent("""
       import jax
       import numpy as np
       import pytest
-      from vivit_jax import data
+      from vivit_jax.data import pipeline
 
       batches = [{'inputs': np.full((8, 3), i, np.float32)} for i in range(3)]
-      on_devices = list(data.prefetch_to_devices(iter(batches), size=2))
+      on_devices = list(pipeline.to_devices(iter(batches), size=2))
       assert len(on_devices) == 3
       for i, batch in enumerate(on_devices):
         inputs = batch['inputs']
@@ -315,6 +337,6 @@ def test_prefetch_to_devices_splits_over_four_devices():
       sums = jax.pmap(lambda x: x.sum())(on_devices[2]['inputs'])
       np.testing.assert_array_equal(sums, 12)
       with pytest.raises(ValueError, match='does not split over 4 local'):
-        next(data.prefetch_to_devices([{'inputs': np.zeros((6, 3))}]))
+        next(pipeline.to_devices([{'inputs': np.zeros((6, 3))}]))
   """)
   run_on_host_devices(script, num_devices=4)

@@ -22,7 +22,7 @@ configs['cnn3d'] = tiny_config(model_name='cnn3d', size=16, num_frames=16)
 errors = {}
 for name, config in configs.items():
   model = models.create_model(config)
-  shape = spec.input_shape(config)
+  shape = spec.check_config(config, mode='model').input_shape
   inputs = jax.random.normal(jax.random.key(0), (8,) + shape)
   variables = model.init(jax.random.key(1), inputs, train=False)
   variables = jax.tree.map(

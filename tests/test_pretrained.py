@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import common
+from vivit_jax import config_builders
 from tests.conftest import tiny_config
 from tests.fixtures import make_parity_fixtures as fixtures
 from vivit_jax.pretrained import readers
@@ -74,7 +74,7 @@ def _init(config):
   """The model and stand-in initial parameters: noise in the shapes of
   `model.init`'s, which takes seconds per model on a CPU."""
   model = models.create_model(config)
-  clip = jnp.zeros((1,) + spec.input_shape(config))
+  clip = jnp.zeros((1,) + spec.check_config(config, mode='model').input_shape)
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), clip, train=False))['params']
   return model, _randomize(shapes, seed=100)
@@ -112,7 +112,7 @@ def _config(checkpoint, model_name='vivit', attention_type='spacetime',
                        num_frames=num_frames, patch_size=patch_size,
                        num_classes=num_classes, model_name=model_name)
   config.dataset_configs.num_channels = num_channels
-  config.init_from = common.init_from(checkpoint, **init_from)
+  config.init_from = config_builders.init_from(checkpoint, **init_from)
   return config
 
 

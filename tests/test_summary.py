@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from configs import vivit_b
+import vivit_jax
 from tests.conftest import REPO
 from vivit_jax import summary
 
@@ -21,7 +21,7 @@ TABLE_2 = {
 
 @pytest.mark.parametrize('attention_type', sorted(TABLE_2))
 def test_table_2(attention_type):
-  config = vivit_b.get_config('kinetics400')
+  config = vivit_jax.load_config(str(REPO / 'configs/vivit_b.py:kinetics400'))
   config.model.attention_config.type = attention_type
   if attention_type.startswith('factorized_') and (
       attention_type != 'factorized_encoder'):

@@ -14,23 +14,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from configs import termproject_cnn3d
-from configs import termproject_vivit1
-from configs import termproject_vivit2
-from configs import tiny
+import vivit_jax
 from tests.conftest import REPO, SHARED, run_on_host_devices
 from vivit_jax import checkpoints
-from vivit_jax import data
+from vivit_jax import evaluate
 from vivit_jax import logs
 from vivit_jax import models
+from vivit_jax import spec as spec_lib
 from vivit_jax import summary
 from vivit_jax import train
+from vivit_jax.data import pipeline
 
 DATA_DIR = str(SHARED / 'data')
 
 
 def _config():
-  config = tiny.get_config()
+  config = vivit_jax.load_config(str(REPO / 'configs/tiny.py'))
   config.dataset_configs.data_dir = DATA_DIR
   return config
 
@@ -56,7 +55,7 @@ def test_run_writes_finite_results_and_figures(finished_run):
     for name in ('acc', 'auc', 'loss', 'top1'):
       assert np.isfinite(results[split][name]), (split, name)
     assert results[split]['top5'] is None  # 2 classes.
-  for figure in ('curves.png', 'confusion_matrix.png'):
+  for figure in ('curves.png', 'confusion_matrix.png', 'roc_curve.png'):
     assert (workdir / figure).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert list(_train_losses(workdir).index) == [1, 2, 3, 4, 5, 6]
 
@@ -64,15 +63,15 @@ def test_run_writes_finite_results_and_figures(finished_run):
 def test_resumed_run_ends_as_an_uninterrupted_one(finished_run, tmp_path,
                                                   monkeypatch):
   uninterrupted, _ = finished_run
-  train_batches = data.train_batches
+  train_batches = pipeline.train_batches
 
-  def sigterm_at_third_batch(*args, **kwargs):
+  def sigterm_with_second_batch(*args, **kwargs):
     for index, batch in enumerate(train_batches(*args, **kwargs)):
-      if index == 2:
+      if index == 1:
         os.kill(os.getpid(), signal.SIGTERM)
       yield batch
 
-  monkeypatch.setattr(data, 'train_batches', sigterm_at_third_batch)
+  monkeypatch.setattr(pipeline, 'train_batches', sigterm_with_second_batch)
   with pytest.raises(train.TrainingStopped, match='SIGTERM at step 2'):
     train.train_and_evaluate(_config(), str(tmp_path))
   assert checkpoints.open_manager(str(tmp_path)).latest_step() == 2
@@ -85,21 +84,22 @@ def test_resumed_run_ends_as_an_uninterrupted_one(finished_run, tmp_path,
                resumed, expected)
   pd.testing.assert_series_equal(_train_losses(tmp_path),
                                  _train_losses(uninterrupted))
+  assert b'\r' not in (tmp_path / logs.CSV_NAME).read_bytes()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch):
-  train_batches = data.train_batches
+  train_batches = pipeline.train_batches
 
   def nan_from_fourth_batch(*args, **kwargs):
     for index, batch in enumerate(train_batches(*args, **kwargs)):
       if index >= 3:
-        batch['inputs'] = np.full_like(batch['inputs'], np.nan)
+        batch = {**batch, 'inputs': batch['inputs'] * np.nan}
       yield batch
 
-  monkeypatch.setattr(data, 'train_batches', nan_from_fourth_batch)
+  monkeypatch.setattr(pipeline, 'train_batches', nan_from_fourth_batch)
   with pytest.raises(train.TrainingStopped,
-                     match=r'Loss is nan by step 4.*last good checkpoint, step 3, is kept'):
+                     match=r'Loss is nan at step 4.*resumes from step 3'):
     train.train_and_evaluate(_config(), str(tmp_path))
   assert checkpoints.open_manager(str(tmp_path)).latest_step() == 3
   params = checkpoints.restore_params(str(tmp_path), step=3)
@@ -108,7 +108,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
 
 def test_eval_mode_reproduces_the_test_results(finished_run):
   workdir, results = finished_run
-  evaluated = train.evaluate_workdir(_config(), str(workdir))
+  evaluated = evaluate.evaluate_workdir(str(workdir))
   assert evaluated['best_step'] == results['best_step']
   for split in ('val', 'test'):
     for name in ('acc', 'auc', 'loss'):
@@ -117,14 +117,11 @@ def test_eval_mode_reproduces_the_test_results(finished_run):
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'optimizer': 'adam'}, r'config\.optimizer: unknown optimizer'),
+    ({'optimizer': 'adam'}, r'config\.optimizer: unknown value'),
     ({'lr_configs.learning_rate_schedule': 'step'},
-     r'config\.lr_configs\.learning_rate_schedule: unknown schedule'),
+     r'config\.lr_configs\.learning_rate_schedule: unknown value'),
     ({'lr_configs.warmup_steps': 2, 'lr_configs.warmup_epochs': 0.01},
      r'config\.lr_configs\.warmup_steps: .* both in steps and in epochs'),
-    ({'lr_configs.warmup_epochs': 1.0},
-     r'config\.lr_configs\.warmup_epochs: the warm-up \(148 steps\) does '
-     r'not end before training does \(6 steps\)'),
     ({'batch_size': 2048}, r'config\.batch_size: 2048 is larger than the 1188'),
     ({'num_training_steps': 0}, r'config\.num_training_steps: 0 is not'),
     ({'checkpoint_metric': 'f1'}, r'config\.checkpoint_metric: unknown'),
@@ -133,8 +130,18 @@ def test_eval_mode_reproduces_the_test_results(finished_run):
 def test_config_errors_name_the_field(overrides, message):
   config = _config()
   config.update_from_flattened_dict(overrides)
-  with pytest.raises(ValueError, match=message):
-    train.validate_config(config)
+  with pytest.raises(spec_lib.ConfigError, match=message):
+    spec_lib.check_config(config)
+
+
+def test_a_warm_up_longer_than_the_run_is_shortened():
+  config = _config()
+  config.lr_configs.warmup_epochs = 1.0
+  spec = spec_lib.check_config(config)
+  assert (spec.total_steps, spec.warmup_steps) == (6, 3)
+  assert spec.notes == ('The warm-up (148 steps) would not end before '
+                        'training does (6 steps): shortened to 3 steps, half '
+                        'the run.',)
 
 
 def test_batch_must_split_over_the_devices(monkeypatch):
@@ -142,7 +149,7 @@ def test_batch_must_split_over_the_devices(monkeypatch):
   with pytest.raises(ValueError, match=r'config\.batch_size: 8 examples do '
                      'not split evenly over the 3 devices. Use a positive '
                      'multiple of 3'):
-    train.validate_config(_config())
+    spec_lib.check_config(_config())
 
 
 def test_four_devices_give_the_losses_of_one(finished_run, tmp_path):
@@ -171,11 +178,10 @@ def test_missing_data_exits_with_one_line(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
-@pytest.mark.parametrize('config_module, params', [
-    (termproject_vivit1, 304_907), (termproject_vivit2, 6_338_059),
-    (termproject_cnn3d, 279_435)])
-def test_termproject_configs_have_table_ii_parameter_counts(config_module,
-                                                            params):
-  config = config_module.get_config()
-  variables = summary.abstract_variables(models.create_model(config), config)
+@pytest.mark.parametrize('arg, params', [
+    ('vivit1', 304_907), ('vivit2', 6_338_059), ('cnn3d', 279_435)])
+def test_termproject_configs_have_table_ii_parameter_counts(arg, params):
+  spec = spec_lib.check_config(vivit_jax.load_config(
+      str(REPO / f'configs/termproject.py:{arg}')), mode='model')
+  variables = summary.abstract_variables(models.create_model(spec), spec)
   assert sum(p.size for p in jax.tree.leaves(variables['params'])) == params

@@ -1,7 +1,7 @@
 """`run.py --mode=bench`: how fast a config's model trains and evaluates.
 
-The project's own train and eval steps (`train.make_train_step`,
-`train.make_eval_step`), compiled ahead of time, run on the local devices on
+The project's own train and eval steps (`steps.make_train_step`,
+`steps.make_eval_step`), compiled ahead of time, run on the local devices on
 one synthetic batch of the config's shapes that is already on them: the
 figures are the steps', without the input pipeline. `warmup_steps` steps run
 untimed, then each of `timed_steps` steps is timed to its end; figures are
@@ -25,16 +25,14 @@ import time
 from typing import Any, Callable, Optional
 
 from absl import flags
-from flax import jax_utils
 import jax
 import ml_collections
 import numpy as np
-import optax
 
 from vivit_jax import models
+from vivit_jax import spec as spec_lib
+from vivit_jax import steps
 from vivit_jax import summary
-from vivit_jax import train
-from vivit_jax import spec
 
 _WARMUP_STEPS = flags.DEFINE_integer(
     'bench_warmup_steps', 2, '--mode=bench: untimed steps before timing.')
@@ -69,13 +67,6 @@ def peak_memory_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB.
 
 
-def num_params(model, config: ml_collections.ConfigDict) -> int:
-  """The number of parameters of `config`'s `model`."""
-  variables = summary.abstract_variables(model, config)
-  return int(sum(np.prod(p.shape)
-                 for p in jax.tree.leaves(variables['params'])))
-
-
 def time_steps(run_step: Callable[[], Any], num_steps: int) -> list[float]:
   """Seconds of each of `num_steps` calls of `run_step`, each to its end."""
   seconds = []
@@ -86,50 +77,40 @@ def time_steps(run_step: Callable[[], Any], num_steps: int) -> list[float]:
   return seconds
 
 
-def synthetic_batch(config: ml_collections.ConfigDict, batch_size: int,
-                    seed: int = 0) -> dict:
+def synthetic_batch(spec: spec_lib.Spec, batch_size: int, seed: int = 0
+                    ) -> dict:
   """Uniform clips and random labels in the pmapped steps' layout.
 
   Returns:
     {'inputs': (devices, B / devices, *input_shape) float32, 'labels'
-    (devices, B / devices) int32, 'targets': their one-hot vectors,
-    'mask': ones}, on the local devices.
+    (devices, B / devices) int32, 'targets': their one-hot vectors}, on the
+    local devices.
   """
   rng = np.random.default_rng(seed)
-  num_classes = config.dataset_configs.num_classes
   shape = (jax.local_device_count(), batch_size // jax.local_device_count())
-  labels = rng.integers(0, num_classes, shape, dtype=np.int32)
+  labels = rng.integers(0, spec.num_classes, shape, dtype=np.int32)
   return jax.device_put({
-      'inputs': rng.random(shape + spec.input_shape(config), np.float32),
+      'inputs': rng.random(shape + spec.input_shape, np.float32),
       'labels': labels,
-      'targets': np.eye(num_classes, dtype=np.float32)[labels],
-      'mask': np.ones(shape, np.float32),
+      'targets': np.eye(spec.num_classes, dtype=np.float32)[labels],
   })
 
 
-def _initial_state(config: ml_collections.ConfigDict, model):
-  """A fresh training state, replicated over the local devices."""
-  # The learning rate does not change the step's cost.
-  schedule = optax.constant_schedule(config.lr_configs.base_learning_rate)
-  return jax_utils.replicate(train.create_train_state(
-      config, model, jax.random.key(config.rng_seed), schedule))
-
-
-def compile_train_step(config: ml_collections.ConfigDict, model
+def compile_train_step(spec: spec_lib.Spec, model
                        ) -> tuple[Callable[[], Any], float]:
-  """`config`'s train step on a fixed synthetic batch, ready to run.
+  """The config's train step on a fixed synthetic batch, ready to run.
 
   Returns:
     A function running one step, which returns the new state and metrics
     (the state is donated and carried to the next step); and the seconds
     compiling took.
   """
-  train_step = train.make_train_step(
-      model, train.metrics_collection(config.dataset_configs.num_classes))
-  state = _initial_state(config, model)
-  rng = jax_utils.replicate(jax.random.key(config.rng_seed + 1))
-  batch = synthetic_batch(config, config.batch_size)
-  del batch['mask']
+  train_step = steps.make_train_step(
+      model, steps.metrics_collection(spec.num_classes))
+  state = steps.replicate(steps.create_train_state(
+      spec, model, jax.random.key(spec.config.rng_seed)))
+  rng = steps.replicate(jax.random.key(spec.config.rng_seed + 1))
+  batch = synthetic_batch(spec, spec.config.batch_size)
   start = time.perf_counter()
   compiled = train_step.lower(state, batch, rng).compile()
   compile_seconds = time.perf_counter() - start
@@ -142,16 +123,13 @@ def compile_train_step(config: ml_collections.ConfigDict, model
   return run_step, compile_seconds
 
 
-def compile_eval_step(config: ml_collections.ConfigDict, model
-                      ) -> Callable[[], Any]:
-  """`config`'s eval step on a fixed synthetic batch, ready to run."""
-  eval_step = train.make_eval_step(
-      model, train.metrics_collection(config.dataset_configs.num_classes))
-  state = _initial_state(config, model)
-  batch = synthetic_batch(config, config.eval_batch_size)
-  del batch['targets']
-  compiled = eval_step.lower(state, batch).compile()
-  return lambda: compiled(state, batch)
+def compile_eval_step(spec: spec_lib.Spec, model) -> Callable[[], Any]:
+  """The config's eval step on a fixed synthetic batch, ready to run."""
+  variables = steps.replicate(steps.init_variables(
+      model, spec, jax.random.key(spec.config.rng_seed)))
+  inputs = synthetic_batch(spec, spec.config.eval_batch_size)['inputs']
+  compiled = steps.make_eval_step(model).lower(variables, inputs).compile()
+  return lambda: compiled(variables, inputs)
 
 
 def benchmark(config: ml_collections.ConfigDict, warmup_steps: int = 2,
@@ -159,20 +137,21 @@ def benchmark(config: ml_collections.ConfigDict, warmup_steps: int = 2,
   """The figures of the module docstring, and what they were measured on.
 
   Raises:
-    ValueError: a config field that cannot work (see `train.validate_config`).
+    spec.ConfigError: a config field that cannot work.
   """
-  train.validate_config(config)
-  model = models.create_model(config, axis_name=train.AXIS)
-  run_train_step, compile_seconds = compile_train_step(config, model)
+  spec = spec_lib.check_config(config, mode='model')
+  config = spec.config
+  model = models.create_model(spec, axis_name=steps.AXIS)
+  run_train_step, compile_seconds = compile_train_step(spec, model)
   train_step_s = statistics.median(
       time_steps(run_train_step, warmup_steps + timed_steps)[warmup_steps:])
   del run_train_step  # Frees the training state before evaluation.
   eval_step_s = statistics.median(time_steps(
-      compile_eval_step(config, model),
+      compile_eval_step(spec, model),
       warmup_steps + timed_steps)[warmup_steps:])
 
-  gflops = summary.forward_gflops(
-      model, summary.abstract_variables(model, config), config)
+  variables = summary.abstract_variables(model, spec)
+  gflops = summary.forward_gflops(model, variables, spec)
   train_samples_per_s = config.batch_size / train_step_s
   device = jax.local_devices()[0]
   peak = peak_flops_per_s(device)
@@ -189,11 +168,11 @@ def benchmark(config: ml_collections.ConfigDict, warmup_steps: int = 2,
       'eval_step_s': eval_step_s,
       'batch_size': config.batch_size,
       'eval_batch_size': config.eval_batch_size,
-      'params': num_params(model, config),
-      'tokens': summary.num_tokens(config),
+      'params': summary.num_params(variables),
+      'tokens': spec.num_tokens,
       'device': device.device_kind,
       'num_devices': jax.local_device_count(),
-      'dtype': config.get('model_dtype_str', 'float32'),
+      'dtype': config.model_dtype_str,
   }
 
 

@@ -1,5 +1,5 @@
-"""The figures of a finished run: loss and accuracy curves, and the test
-confusion matrix (matplotlib, Agg backend: no display needed)."""
+"""The figures of a finished run: loss, accuracy and AUC curves, the test
+confusion matrix and ROC curves (matplotlib, Agg backend: no display)."""
 
 from typing import Sequence
 
@@ -9,22 +9,26 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 import pandas as pd
+from sklearn import metrics
 
 
 def plot_curves(scalars: pd.DataFrame, steps_per_epoch: int, path: str
                 ) -> None:
-  """Training and validation loss and accuracy against epochs.
+  """Training and validation loss and accuracy, and validation AUC, against
+  epochs.
 
   Args:
     scalars: the run's log (`logs.read_scalars`), with `train/loss`,
-      `train/accuracy`, `val/loss` and `val/accuracy` rows.
+      `train/accuracy`, `val/loss`, `val/accuracy` and `val/auc` rows.
     steps_per_epoch: converts steps to epochs.
     path: the PNG to write.
   """
-  figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, quantity in zip(axes, ('loss', 'accuracy')):
+  figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+  for ax, quantity in zip(axes, ('loss', 'accuracy', 'auc')):
     for split in ('train', 'val'):
       rows = scalars[scalars.name == f'{split}/{quantity}']
+      if rows.empty:
+        continue
       ax.plot(rows.step / steps_per_epoch, rows.value,
               marker='o' if split == 'val' else None, label=split)
     ax.set_xlabel('epoch')
@@ -52,6 +56,31 @@ def plot_confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
   ax.set_yticks(range(num_classes), class_names)
   ax.set_xlabel('predicted')
   ax.set_ylabel('true')
+  figure.tight_layout()
+  figure.savefig(path, dpi=100)
+  plt.close(figure)
+
+
+def plot_roc_curves(labels: np.ndarray, probabilities: np.ndarray,
+                    class_names: Sequence[str], path: str) -> None:
+  """ROC curves of `probabilities` (N, K) against `labels` (N,): the
+  positive class's for two classes, one-vs-rest per class otherwise."""
+  figure, ax = plt.subplots(figsize=(5, 5))
+  classes = [len(class_names) - 1] if len(class_names) == 2 else range(
+      len(class_names))
+  for k in classes:
+    positive = labels == k
+    if positive.all() or not positive.any():
+      continue
+    false_positive, true_positive, _ = metrics.roc_curve(
+        positive, probabilities[:, k])
+    auc = metrics.auc(false_positive, true_positive)
+    ax.plot(false_positive, true_positive,
+            label=f'{class_names[k]} (AUC {auc:.3f})')
+  ax.plot([0, 1], [0, 1], color='grey', linestyle=':')
+  ax.set_xlabel('false positive rate')
+  ax.set_ylabel('true positive rate')
+  ax.legend(loc='lower right', fontsize='small')
   figure.tight_layout()
   figure.savefig(path, dpi=100)
   plt.close(figure)

@@ -1,7 +1,12 @@
-"""The model families: `ViT` (images), `ViViT` (Models 1-4), the term
-project's `CNN3D`; `create_model(config)` builds the one a config names."""
+"""The model families: `ViT` (images), `ViViT` (Models 1-4) and the term
+project's `CNN3D`; `create_model(config)` builds the one a config names.
 
-from typing import Optional
+All take channels-last inputs, clips (batch, T, H, W, C) or images
+(batch, H, W, C), return float32 logits (batch, num_classes) and take
+`train` to switch dropout, stochastic depth and batch statistics.
+"""
+
+from typing import Optional, TYPE_CHECKING, Union
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -10,49 +15,49 @@ import ml_collections
 from vivit_jax.models.cnn3d import CNN3D
 from vivit_jax.models.vit import ViT
 from vivit_jax.models.vivit import ViViT
-from vivit_jax import spec
 
-MODEL_NAMES = ('vivit', 'vit', 'cnn3d')
+if TYPE_CHECKING:
+  from vivit_jax import spec  # pylint: disable=g-bad-import-order
 
 
-def create_model(config: ml_collections.ConfigDict,
+def create_model(config: Union[ml_collections.ConfigDict, 'spec.Spec'],
                  axis_name: Optional[str] = None) -> nn.Module:
-  """Checks `config` (see `validate_config`) and builds its model.
+  """The model of a config (checked first) or of a checked `Spec`.
 
   Args:
-    config: an experiment config, e.g. `configs/vivit_b.py`'s.
+    config: an experiment config, e.g. `configs/vivit_b.py`'s, or its Spec.
     axis_name: `pmap` axis for the 3D CNN's batch statistics.
+  Raises:
+    spec.ConfigError: the config cannot build a model.
   """
-  spec.validate_config(config)
-  model, name = config.model, config.get('model_name', 'vivit')
-  num_classes = config.dataset_configs.num_classes
-  dtype = jnp.dtype(config.get('model_dtype_str', 'float32'))
-  if name == 'cnn3d':
-    return CNN3D(num_classes, axis_name=axis_name, dtype=dtype)
+  from vivit_jax import spec as spec_lib  # pylint: disable=g-import-not-at-top
+  spec = (config if isinstance(config, spec_lib.Spec)
+          else spec_lib.check_config(config, mode='model'))
+  config, model = spec.config, spec.config.model
+  dtype = jnp.dtype(config.model_dtype_str)
+  if spec.model_name == 'cnn3d':
+    return CNN3D(spec.num_classes, features=tuple(model.features),
+                 axis_name=axis_name, dtype=dtype)
   common = dict(
-      num_classes=num_classes, hidden_size=model.hidden_size,
+      num_classes=spec.num_classes, hidden_size=model.hidden_size,
       num_layers=model.num_layers, num_heads=model.num_heads,
       mlp_dim=model.mlp_dim, classifier=model.classifier,
-      representation_size=model.get('representation_size'),
-      dropout_rate=model.get('dropout_rate', 0.0),
-      attention_dropout_rate=model.get('attention_dropout_rate', 0.0),
-      stochastic_droplayer_rate=model.get('stochastic_droplayer_rate', 0.0),
-      gelu_approximate=model.get('gelu_approximate', True),
-      remat=model.get('remat', False),
-      dtype=dtype)
-  if name == 'vit':
+      representation_size=model.representation_size,
+      dropout_rate=model.dropout_rate,
+      attention_dropout_rate=model.attention_dropout_rate,
+      stochastic_droplayer_rate=model.stochastic_droplayer_rate,
+      gelu_approximate=model.gelu_approximate, remat=model.remat, dtype=dtype)
+  if spec.model_name == 'vit':
     return ViT(patch_size=tuple(model.patches.size[:2]), **common)
-  temporal = model.get('temporal_transformer', ml_collections.ConfigDict())
+  temporal = model.temporal_transformer
   return ViViT(
       patch_size=tuple(model.patches.size),
       attention_type=model.attention_config.type,
-      attention_order=model.attention_config.get('attention_order',
-                                                 'space_time'),
+      attention_order=model.attention_config.attention_order,
       temporal_encoding=model.temporal_encoding_config.method,
-      n_sampled_frames=model.temporal_encoding_config.get(
-          'n_sampled_frames', 0),
-      temporal_num_layers=temporal.get('num_layers', 4),
-      temporal_num_heads=temporal.get('num_heads', model.num_heads),
-      temporal_mlp_dim=temporal.get('mlp_dim', model.mlp_dim),
-      positional_embedding=model.get('positional_embedding', 'learned_1d'),
+      n_sampled_frames=model.temporal_encoding_config.n_sampled_frames,
+      temporal_num_layers=temporal.num_layers,
+      temporal_num_heads=temporal.num_heads,
+      temporal_mlp_dim=temporal.mlp_dim,
+      positional_embedding=model.positional_embedding,
       **common)

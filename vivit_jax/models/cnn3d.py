@@ -18,11 +18,14 @@ class CNN3D(nn.Module):
 
   Attributes:
     axis_name: the `pmap` axis over which batch statistics are averaged.
+
+  No attribute has a default: `create_model` sets each from the config,
+  whose defaults live in `vivit_jax.config_builders`.
   """
   num_classes: int
-  features: Sequence[int] = (32, 64, 128)
-  axis_name: Optional[str] = None
-  dtype: jnp.dtype = jnp.float32
+  features: Sequence[int]
+  axis_name: Optional[str]
+  dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, clip: jnp.ndarray, *, train: bool) -> jnp.ndarray:

@@ -47,6 +47,9 @@ class ViT(nn.Module):
   Attributes:
     patch_size: (h, w).
     classifier: 'token' (z_cls^L) or 'gap' (mean of z^L).
+
+  No attribute has a default: `create_model` sets each from the config,
+  whose defaults live in `vivit_jax.config_builders`.
   """
   num_classes: int
   patch_size: Sequence[int]
@@ -54,14 +57,14 @@ class ViT(nn.Module):
   num_layers: int
   num_heads: int
   mlp_dim: int
-  classifier: str = 'token'
-  representation_size: Optional[int] = None
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_droplayer_rate: float = 0.0
-  gelu_approximate: bool = True
-  remat: bool = False
-  dtype: jnp.dtype = jnp.float32
+  classifier: str
+  representation_size: Optional[int]
+  dropout_rate: float
+  attention_dropout_rate: float
+  stochastic_droplayer_rate: float
+  gelu_approximate: bool
+  remat: bool
+  dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, *, train: bool) -> jnp.ndarray:

@@ -34,6 +34,9 @@ class ViViT(nn.Module):
       temporal encoder (L_t = 0 is the average-pooling baseline).
     attention_order: Model 3's 'space_time' or 'time_space'.
     positional_embedding, remat: see `encoder.Encoder`.
+
+  No attribute has a default: `create_model` sets each from the config,
+  whose defaults live in `vivit_jax.config_builders`.
   """
   num_classes: int
   patch_size: Sequence[int]
@@ -41,22 +44,22 @@ class ViViT(nn.Module):
   num_layers: int
   num_heads: int
   mlp_dim: int
-  attention_type: str = 'spacetime'
-  temporal_encoding: str = '3d_conv'
-  n_sampled_frames: int = 0
-  classifier: str = 'token'
-  representation_size: Optional[int] = None
-  temporal_num_layers: int = 4
-  temporal_num_heads: int = 12
-  temporal_mlp_dim: int = 3072
-  attention_order: str = 'space_time'
-  positional_embedding: str = 'learned_1d'
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_droplayer_rate: float = 0.0
-  gelu_approximate: bool = True
-  remat: bool = False
-  dtype: jnp.dtype = jnp.float32
+  attention_type: str
+  temporal_encoding: str
+  n_sampled_frames: int
+  classifier: str
+  representation_size: Optional[int]
+  temporal_num_layers: int
+  temporal_num_heads: int
+  temporal_mlp_dim: int
+  attention_order: str
+  positional_embedding: str
+  dropout_rate: float
+  attention_dropout_rate: float
+  stochastic_droplayer_rate: float
+  gelu_approximate: bool
+  remat: bool
+  dtype: jnp.dtype
 
   def _encoder(self, name, **overrides):
     fields = dict(

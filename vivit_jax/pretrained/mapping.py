@@ -1,6 +1,6 @@
 """Initialising a model from a pretrained checkpoint (paper Section 3.4).
 
-  config.init_from = common.init_from('ViT-B_16.npz')
+  config.init_from = config_builders.init_from('ViT-B_16.npz')
   params, report = pretrained.load_pretrained(config, params)
   logging.info('%s', report)
 
@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vivit_jax import spec as spec_lib
 from vivit_jax.pretrained import readers
 
 KERNEL_INIT_METHODS = ('central_frame', 'average_frame', 'random')
@@ -310,18 +311,13 @@ def _below(prefix: str, names: Collection[str]) -> list[str]:
 def _token_grids(config: ml_collections.ConfigDict
                  ) -> dict[str, tuple[int, int, int]]:
   """The (n_t, n_h, n_w) token grid each encoder of the model sees."""
-  model, data = config.model, config.dataset_configs
-  fh, fw = model.patches.size[:2]
-  spatial = (data.crop_size // fh, data.crop_size // fw)
-  if config.get('model_name', 'vivit') == 'vit':
-    return {'Transformer': (1,) + spatial}
-  encoding = model.temporal_encoding_config
-  n_t = (encoding.n_sampled_frames if encoding.method == 'temporal_sampling'
-         else data.num_frames // model.patches.size[2])
-  if model.attention_config.type == 'factorized_encoder':
-    return {'SpatialTransformer': (1,) + spatial,
-            'TemporalTransformer': (n_t, 1, 1)}
-  return {'Transformer': (n_t,) + spatial}
+  grid = spec_lib.check_config(config, mode='model').token_grid
+  if len(grid) == 2:  # A ViT.
+    return {'Transformer': (1,) + grid}
+  if config.model.attention_config.type == 'factorized_encoder':
+    return {'SpatialTransformer': (1,) + grid[1:],
+            'TemporalTransformer': (grid[0], 1, 1)}
+  return {'Transformer': grid}
 
 
 def _map_embedding(plan: _Plan, method: str) -> None:

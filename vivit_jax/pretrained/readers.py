@@ -115,11 +115,11 @@ def detect_format(path: str) -> str:
         'ViT .npz file, a Hugging Face model folder or a vivit-jax workdir.')
   if os.path.isfile(path):
     return 'vit_npz'
-  if os.path.isfile(os.path.join(path, 'config.json')):
-    return 'huggingface'
   if (os.path.basename(os.path.normpath(path)) == 'checkpoints' or
       os.path.isdir(checkpoints.checkpoint_dir(path))):
-    return 'orbax'
+    return 'orbax'  # Before config.json: a workdir keeps its config there.
+  if os.path.isfile(os.path.join(path, 'config.json')):
+    return 'huggingface'
   raise CheckpointError(
       f'{path} is a folder with neither config.json (a Hugging Face model) '
       'nor checkpoints/ (a vivit-jax workdir); found '

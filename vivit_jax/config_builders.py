@@ -1,9 +1,27 @@
-"""Building blocks shared by the experiment configs."""
+"""Building blocks of experiment configs, and every default in one place.
 
+Configs are `ml_collections.ConfigDict`s in Scenic's layout:
+
+  config = ml_collections.ConfigDict()
+  config.model = config_builders.vivit_model(hidden_size=64, num_layers=4,
+                                             num_heads=4, mlp_dim=256,
+                                             patch_size=(7, 7, 4))
+  config.dataset_configs = config_builders.medmnist_dataset('adrenalmnist3d')
+  config.augmentation = config_builders.augmentation('adrenalmnist3d', 28)
+  config.update(config_builders.training('adamw', 1e-3, batch_size=32,
+                                         num_training_epochs=20))
+
+A field a config leaves out takes its value from `DEFAULTS` (and the model's
+from `MODEL_DEFAULTS`), applied by `with_defaults` when the config is checked.
+"""
+
+import copy
 from typing import Optional, Sequence
 
 import ml_collections
 from ml_collections import config_dict
+
+from vivit_jax.data import medmnist
 
 
 def vivit_model(hidden_size: int, num_layers: int, num_heads: int,
@@ -47,18 +65,61 @@ def vivit_model(hidden_size: int, num_layers: int, num_heads: int,
   return model
 
 
-def medmnist_dataset(name: str, size: int, num_classes: int,
+def medmnist_dataset(name: str, size: int = 28,
                      data_dir: Optional[str] = None
                      ) -> ml_collections.ConfigDict:
-  """`config.dataset_configs` of a MedMNIST 3D set: depth is time, 1 channel."""
+  """`config.dataset_configs` of a MedMNIST 3D set: depth is time, 1 channel.
+
+  `data_dir` None looks in ~/.medmnist, then among the files shipped with
+  the package (AdrenalMNIST3D at 28), and downloads what is missing.
+  """
   return ml_collections.ConfigDict({
       'dataset_name': name,
       'size': size,
       'data_dir': config_dict.FieldReference(data_dir, field_type=str),
-      'num_classes': num_classes,
+      'num_classes': len(medmnist.dataset_info(name)['label']),
       'num_frames': size,
       'crop_size': size,
       'num_channels': 1,
+  })
+
+
+def arrays_dataset(path: str, *, num_classes: int, num_frames: int,
+                   crop_size: int, num_channels: int = 1,
+                   class_names: Optional[Sequence[str]] = None
+                   ) -> ml_collections.ConfigDict:
+  """`config.dataset_configs` of your own volumes or clips: an npz in
+  MedMNIST's format at `path` ({train,val,test}_{images,labels}; images
+  (N, D, H, W) or (N, D, H, W, C), uint8 or floats in [0, 1]; D = num_frames,
+  H = W = crop_size)."""
+  return ml_collections.ConfigDict({
+      'dataset_name': 'arrays',
+      'path': path,
+      'num_classes': num_classes,
+      'class_names': config_dict.FieldReference(
+          tuple(class_names) if class_names else None, field_type=tuple),
+      'num_frames': num_frames,
+      'crop_size': crop_size,
+      'num_channels': num_channels,
+  })
+
+
+def augmentation(name: str, size: int) -> ml_collections.ConfigDict:
+  """`config.augmentation` for a data set, label-preserving.
+
+  Fields: max_shift (voxels, per axis), intensity_jitter (brightness offset
+  and contrast factor amplitude), flip_axes (MedMNIST sets: every axis along
+  which a flip keeps the label; your own arrays: none, add the ones that
+  are safe), mixup_alpha (0: no mixup; the paper uses 0.1 to 0.3, Table 7),
+  label_smoothing (lambda of Eq. 11). See `vivit_jax.data.augment`.
+  """
+  return ml_collections.ConfigDict({
+      'max_shift': size // 8,  # As CIFAR's random crop: 4 pixels of 32.
+      'intensity_jitter': 0.1,
+      'flip_axes': (medmnist.default_flip_axes(name)
+                    if name in medmnist.DATASETS else ()),
+      'mixup_alpha': 0.0,
+      'label_smoothing': 0.0,
   })
 
 
@@ -81,7 +142,7 @@ def init_from(checkpoint_path: str, *, checkpoint_format: str = 'auto',
               restore_output_projection: bool = True
               ) -> ml_collections.ConfigDict:
   """`config.init_from`: the pretrained checkpoint the model starts from
-  (paper Section 3.4), in Scenic's layout; see `vivit_jax/pretrained.py`.
+  (paper Section 3.4), in Scenic's layout; see `vivit_jax.pretrained`.
 
   DeiT and Hugging Face ViTs use the exact GELU: set
   `config.model.gelu_approximate = False` to compute what they computed (the
@@ -126,7 +187,7 @@ def training(optimizer: str, base_learning_rate: float, batch_size: int,
              ) -> ml_collections.ConfigDict:
   """The training fields of a config, in Scenic's layout.
 
-  Merge them with `config.update(common.training(...))`.
+  Merge them with `config.update(config_builders.training(...))`.
 
   Args:
     optimizer: 'sgd' (with `momentum`) or 'adamw'.
@@ -140,13 +201,10 @@ def training(optimizer: str, base_learning_rate: float, batch_size: int,
   """
   config = ml_collections.ConfigDict()
   config.optimizer = optimizer
+  config.optimizer_configs = ml_collections.ConfigDict(
+      dict(OPTIMIZER_DEFAULTS[optimizer], weight_decay=weight_decay))
   if optimizer == 'sgd':
-    config.optimizer_configs = ml_collections.ConfigDict({
-        'momentum': momentum, 'weight_decay': weight_decay})
-  else:
-    config.optimizer_configs = ml_collections.ConfigDict({
-        'beta1': 0.9, 'beta2': 0.999, 'epsilon': 1e-8,
-        'weight_decay': weight_decay})
+    config.optimizer_configs.momentum = momentum
   config.lr_configs = ml_collections.ConfigDict({
       'learning_rate_schedule': schedule,
       'base_learning_rate': base_learning_rate,
@@ -173,3 +231,96 @@ def training(optimizer: str, base_learning_rate: float, batch_size: int,
   config.max_checkpoints_to_keep = 2
   config.checkpoint_metric = 'auc'  # Validation 'acc', 'auc' or 'loss'.
   return config
+
+
+OPTIMIZER_DEFAULTS = {
+    'sgd': {'momentum': 0.9, 'weight_decay': 0.0},
+    'adamw': {'beta1': 0.9, 'beta2': 0.999, 'epsilon': 1e-8,
+              'weight_decay': 0.0},
+}
+
+# Every top-level field a config may leave out. The training fields are
+# `training`'s defaults for AdamW at 1e-3, batch 32, 10 epochs.
+DEFAULTS = {
+    'experiment_name': None,
+    'model_name': 'vivit',
+    'model_dtype_str': 'float32',
+    'model': {},
+    'dataset_configs': {},
+    'init_from': None,
+    **training('adamw', base_learning_rate=1e-3, batch_size=32,
+               num_training_epochs=10).to_dict(),
+}
+
+# The model fields a config may leave out, for each model family.
+MODEL_DEFAULTS = {
+    'vivit': {
+        'patches': {'size': (16, 16, 2)},
+        'representation_size': None,
+        'classifier': 'token',
+        'positional_embedding': 'learned_1d',
+        'gelu_approximate': True,
+        'dropout_rate': 0.0,
+        'attention_dropout_rate': 0.0,
+        'stochastic_droplayer_rate': 0.0,
+        'remat': False,
+        'attention_config': {'type': 'spacetime',
+                             'attention_order': 'space_time'},
+        'temporal_encoding_config': {'method': '3d_conv',
+                                     'n_sampled_frames': 0},
+        # num_heads and mlp_dim None: the spatial encoder's.
+        'temporal_transformer': {'num_layers': 4, 'num_heads': None,
+                                 'mlp_dim': None},
+    },
+    'cnn3d': {'features': (32, 64, 128)},
+}
+MODEL_DEFAULTS['vit'] = MODEL_DEFAULTS['vivit']
+
+
+def _merge(defaults: dict, values: dict) -> dict:
+  """`values` over `defaults`, recursively; keys of either are kept."""
+  merged = copy.deepcopy(defaults)
+  for key, value in values.items():
+    if isinstance(value, dict) and isinstance(merged.get(key), dict):
+      merged[key] = _merge(merged[key], value)
+    else:
+      merged[key] = value
+  return merged
+
+
+def with_defaults(config: ml_collections.ConfigDict
+                  ) -> tuple[ml_collections.ConfigDict, list[str]]:
+  """`config` with every field it leaves out at its default.
+
+  Returns:
+    The completed config (a new one), and notes on fields of `config` that
+    its choices leave unused (e.g. AdamW's betas with `optimizer='sgd'`).
+  """
+  values = config.copy_and_resolve_references().to_dict()
+  full = _merge(DEFAULTS, values)
+  notes = []
+  name = full['model_name']
+  full['model'] = _merge(MODEL_DEFAULTS.get(name, {}), full['model'])
+  temporal = full['model'].get('temporal_transformer')
+  if temporal:
+    for field in ('num_heads', 'mlp_dim'):
+      if temporal[field] is None:
+        temporal[field] = full['model'].get(field)
+  optimizer_defaults = OPTIMIZER_DEFAULTS.get(full['optimizer'])
+  if optimizer_defaults is not None:
+    given = values.get('optimizer_configs', {})
+    unused = sorted(set(given) - set(optimizer_defaults))
+    if unused:
+      notes.append(f'config.optimizer_configs.{{{", ".join(unused)}}} are not '
+                   f'used by optimizer {full["optimizer"]!r}.')
+    full['optimizer_configs'] = {
+        key: given.get(key, default)
+        for key, default in optimizer_defaults.items()}
+  if full.get('eval_batch_size') is None:
+    full['eval_batch_size'] = full['batch_size']
+  dataset = full['dataset_configs']
+  if 'augmentation' not in full and 'crop_size' in dataset:
+    full['augmentation'] = augmentation(
+        dataset.get('dataset_name', ''),
+        dataset.get('size', dataset['crop_size'])).to_dict()
+  return ml_collections.ConfigDict(full), notes

@@ -1,0 +1,90 @@
+"""Label-preserving augmentation of volumes and the label transforms of the
+paper's Appendix: label smoothing (Eq. 11) and mixup (Eq. 12).
+
+`config.augmentation` holds max_shift (voxels, per axis), intensity_jitter
+(brightness offset and contrast factor amplitude), flip_axes (a subset of
+FLIP_AXES along which a flip keeps the label), mixup_alpha (0: no mixup; the
+paper uses 0.1 to 0.3, Table 7) and label_smoothing (lambda of Eq. 11); see
+`vivit_jax.config_builders.augmentation`.
+"""
+
+from typing import Optional
+
+import ml_collections
+import numpy as np
+
+FLIP_AXES = ('depth', 'height', 'width')  # Axes 1, 2, 3 of (B, D, H, W, C).
+
+
+def _coordinates(rng: np.random.Generator, batch: int, size: int,
+                 max_shift: int, flip: bool) -> np.ndarray:
+  """(batch, size) source coordinates along one axis: a random shift with the
+  edge replicated, then, if `flip`, a reflection with probability 1/2."""
+  shift = rng.integers(-max_shift, max_shift + 1, (batch, 1))
+  coordinates = np.clip(np.arange(size) + shift, 0, size - 1)
+  if flip:
+    coordinates = np.where(rng.random((batch, 1)) < 0.5,
+                           size - 1 - coordinates, coordinates)
+  return coordinates
+
+
+def augment(rng: np.random.Generator, volumes: np.ndarray,
+            augmentation: ml_collections.ConfigDict,
+            rows: Optional[np.ndarray] = None) -> np.ndarray:
+  """Label-preserving augmentation, drawn independently for each volume.
+
+  Shifts each axis by up to `augmentation.max_shift` voxels (edges
+  replicated), flips each axis of `flip_axes` with probability 1/2, then
+  scales the contrast around the volume's mean by U(1 - j, 1 + j) and adds
+  U(-j, j), j = `intensity_jitter`, clipping to [0, 1].
+
+  Args:
+    rng: the only source of randomness.
+    volumes: (N, D, H, W, C) in [0, 1].
+    augmentation: `config.augmentation`.
+    rows: (B,) the volumes to augment, in batch order; None: all N.
+  Returns:
+    (B, D, H, W, C) float32 in [0, 1].
+  """
+  rows = np.arange(len(volumes)) if rows is None else rows
+  batch, spatial = len(rows), volumes.shape[1:4]
+  coordinates = [
+      _coordinates(rng, batch, size, augmentation.max_shift,
+                   axis in augmentation.flip_axes)
+      for axis, size in zip(FLIP_AXES, spatial)]
+  jitter = augmentation.intensity_jitter
+  contrast = rng.uniform(1 - jitter, 1 + jitter, batch).astype(np.float32)
+  brightness = rng.uniform(-jitter, jitter, batch).astype(np.float32)
+
+  out = np.empty((batch,) + volumes.shape[1:], np.float32)
+  # One volume at a time: `take` copies whole planes and rows, twice as fast
+  # as one fancy index over the batch, and the volume stays in cache.
+  for i, row in enumerate(rows):
+    volume = volumes[row]
+    for axis, axis_coordinates in enumerate(coordinates):
+      volume = volume.take(axis_coordinates[i], axis=axis)
+    offset = volume.mean() * (1 - contrast[i]) + brightness[i]
+    volume *= contrast[i]
+    volume += offset
+    np.clip(volume, 0, 1, out=out[i])
+  return out
+
+
+def smooth_labels(one_hot: np.ndarray, lam: float) -> np.ndarray:
+  """Eq. 11: (1 - lam) y + lam u, u uniform over the K classes. (B, K)."""
+  return ((1 - lam) * one_hot + lam / one_hot.shape[-1]).astype(np.float32)
+
+
+def mixup(rng: np.random.Generator, volumes: np.ndarray, targets: np.ndarray,
+          alpha: float) -> tuple[np.ndarray, np.ndarray]:
+  """Eq. 12: mixes each example with a random partner from the batch.
+
+  One lam ~ Beta(alpha, alpha) for the batch; partners are a permutation.
+  volumes (B, ...), targets (B, K) one-hot or soft -> the same shapes.
+  """
+  lam = rng.beta(alpha, alpha)
+  partner = rng.permutation(len(volumes))
+  mixed = volumes[partner]
+  mixed *= 1 - lam
+  mixed += lam * volumes
+  return mixed, lam * targets + (1 - lam) * targets[partner]

@@ -1,0 +1,163 @@
+"""Classifying clips with a trained or pretrained model
+(`run.py --mode=predict`, `vivit_jax.Classifier`).
+
+  classifier = Classifier.from_workdir('workdirs/adrenal')
+  probabilities = classifier.predict(volumes)   # (N, K)
+  for line in predict_path(classifier, 'volumes/'):
+    print(json.dumps(line))
+
+Inputs are clips of the model's shape (T, H, W, C), or (T, H, W) when C = 1:
+uint8 in [0, 255] or floats in [0, 1], one clip or a stack of them, in .npy
+or .npz files (every array of an npz, or its `test_images`), or a folder of
+such files.
+"""
+
+import dataclasses
+import functools
+import os
+from typing import Iterator, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from vivit_jax import evaluate
+from vivit_jax import models
+from vivit_jax import pretrained
+from vivit_jax import spec as spec_lib
+from vivit_jax import steps
+
+ARRAY_SUFFIXES = ('.npy', '.npz')
+
+
+class InputError(Exception):
+  """An input cannot be read or does not fit the model; one line."""
+
+
+@dataclasses.dataclass
+class Classifier:
+  """A model with its variables, ready to classify clips.
+
+  Attributes:
+    spec: the checked config of the model.
+    model: the Flax module.
+    variables: its variables, on the host.
+  """
+  spec: spec_lib.Spec
+  model: object
+  variables: dict
+
+  @classmethod
+  def from_workdir(cls, workdir: str,
+                   config: Optional[ml_collections.ConfigDict] = None
+                   ) -> 'Classifier':
+    """The best checkpoint of a training run (see `evaluate.restore_for_eval`)."""
+    spec, model, variables, _ = evaluate.restore_for_eval(workdir, config)
+    return cls(spec, model, variables)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> 'Classifier':
+    """The model of `config`, with the weights of `config.init_from` (a ViT
+    checkpoint, a Hugging Face folder or a workdir, mapped as for training),
+    else at its initialisation."""
+    spec = spec_lib.check_config(config, mode='model')
+    model = models.create_model(spec)
+    variables = steps.init_variables(model, spec,
+                                     jax.random.key(spec.config.rng_seed))
+    init_from = spec.config.init_from
+    if init_from and init_from.get('checkpoint_path'):
+      params, _ = pretrained.load_pretrained(spec.config, variables['params'])
+      variables = {**variables, 'params': params}
+    return cls(spec, model, variables)
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return self.spec.class_names
+
+  @functools.cached_property
+  def _apply(self):
+    return jax.jit(functools.partial(self.model.apply, train=False))
+
+  def as_clips(self, array: np.ndarray, name: str = 'input') -> np.ndarray:
+    """One clip or a stack of clips as (N, T, H, W, C) float32 in [0, 1].
+
+    Raises:
+      InputError: the shape fits neither.
+    """
+    shape = self.spec.input_shape
+    array = np.asarray(array)
+    if array.shape[-len(shape):] != shape and shape[-1] == 1 and (
+        array.shape[-(len(shape) - 1):] == shape[:-1]):
+      array = array[..., None]
+    if array.shape == shape:
+      array = array[None]
+    if array.ndim != len(shape) + 1 or array.shape[1:] != shape:
+      raise InputError(
+          f'{name} has shape {array.shape}; the model takes clips of shape '
+          f'{shape} (or a stack of them): resize or crop them to fit.')
+    if array.dtype == np.uint8:
+      return np.divide(array, 255, dtype=np.float32)
+    return array.astype(np.float32)
+
+  def predict(self, clips: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Class probabilities (N, K) of `clips` (see `as_clips`)."""
+    clips = self.as_clips(clips)
+    logits = []
+    for start in range(0, len(clips), batch_size):
+      batch = clips[start:start + batch_size]
+      padded = np.pad(batch, [(0, batch_size - len(batch))] +
+                      [(0, 0)] * (batch.ndim - 1))
+      logits.append(np.asarray(self._apply(self.variables, padded))[
+          :len(batch)])
+    return np.asarray(jax.nn.softmax(np.concatenate(logits)))
+
+
+def read_arrays(path: str) -> Iterator[tuple[str, np.ndarray]]:
+  """(name, array) of each array at `path`: an .npy, an .npz (its
+  `test_images` if it has them, else every array) or a folder of them.
+
+  Raises:
+    InputError: the path does not exist or holds no array file.
+  """
+  if os.path.isdir(path):
+    files = sorted(os.path.join(path, name) for name in os.listdir(path)
+                   if name.endswith(ARRAY_SUFFIXES))
+    if not files:
+      raise InputError(f'{path} holds no {" or ".join(ARRAY_SUFFIXES)} file.')
+    for file in files:
+      yield from read_arrays(file)
+    return
+  if not os.path.isfile(path):
+    raise InputError(f'{path} does not exist: give a file or a folder.')
+  if not path.endswith(ARRAY_SUFFIXES):
+    raise InputError(f'{path} is not an {" or ".join(ARRAY_SUFFIXES)} file.')
+  try:
+    loaded = np.load(path)
+  except (OSError, ValueError) as error:
+    raise InputError(f'{path} cannot be read: {error}') from error
+  if isinstance(loaded, np.ndarray):
+    yield path, loaded
+    return
+  with loaded:
+    keys = ['test_images'] if 'test_images' in loaded else list(loaded)
+    for key in keys:
+      yield f'{path}:{key}', loaded[key]
+
+
+def predict_path(classifier: Classifier, path: str, top_k: int = 3
+                 ) -> Iterator[dict]:
+  """One record per clip at `path`: {'input': 'file[:key][index]',
+  'probabilities': {class: p}, 'top': [[class, p], ...] (the `top_k` most
+  probable)}."""
+  names = classifier.class_names
+  for name, array in read_arrays(path):
+    clips = classifier.as_clips(array, name)
+    single = clips.shape[0] == 1 and np.asarray(array).ndim < clips.ndim
+    for index, row in enumerate(classifier.predict(clips)):
+      order = np.argsort(-row)[:top_k]
+      yield {
+          'input': name if single else f'{name}[{index}]',
+          'probabilities': {names[k]: round(float(p), 6)
+                            for k, p in enumerate(row)},
+          'top': [[names[k], round(float(row[k]), 6)] for k in order],
+      }

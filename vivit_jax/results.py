@@ -1,0 +1,70 @@
+"""What a finished run reports: `results.json`, `predictions.csv` (the test
+split, one row per example) and the figures `curves.png`,
+`confusion_matrix.png` and `roc_curve.png` in its workdir."""
+
+import json
+import logging
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+import pandas as pd
+
+from vivit_jax import logs
+from vivit_jax import plots
+from vivit_jax import spec as spec_lib
+
+logger = logging.getLogger(__name__)
+
+
+def summarize(spec: spec_lib.Spec, params, *, best_step: int, val: dict,
+              test: dict, train_seconds: float,
+              skipped: Optional[dict] = None) -> dict:
+  """The contents of results.json; warns when the model predicts a single
+  class on the test split."""
+  config = spec.config
+  results = {
+      'dataset': config.dataset_configs.dataset_name,
+      'model': spec.model_name,
+      'attention': (config.model.attention_config.type
+                    if spec.model_name == 'vivit' else None),
+      'experiment': config.experiment_name,
+      'params': sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
+      'steps': spec.total_steps,
+      'best_step': best_step,
+      'train_seconds': round(train_seconds, 1),
+      'val': val,
+      'test': test,
+      'warnings': [],
+  }
+  if test['predicted_classes'] == 1 and spec.num_classes > 1:
+    warning = ('The model predicts a single class on every test example: its '
+               'ACC is the share of that class, and it has learnt nothing '
+               'that the threshold shows.')
+    logger.warning('%s', warning)
+    results['warnings'].append(warning)
+  if skipped:
+    results['skipped_files'] = dict(skipped)
+  logger.info('Results: %s', json.dumps(results))
+  return results
+
+
+def write(workdir: str, spec: spec_lib.Spec, results: dict,
+          test_predictions) -> None:
+  """Writes results.json, predictions.csv and the figures."""
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=2)
+  p = test_predictions
+  table = pd.DataFrame({'index': np.arange(len(p.labels)), 'label': p.labels})
+  for k, name in enumerate(spec.class_names):
+    table[f'p_{name}'] = p.probabilities[:, k]
+  table.to_csv(os.path.join(workdir, 'predictions.csv'), index=False,
+               lineterminator='\n')
+  plots.plot_confusion_matrix(
+      p.labels, p.probabilities.argmax(-1), spec.class_names,
+      os.path.join(workdir, 'confusion_matrix.png'))
+  plots.plot_roc_curves(p.labels, p.probabilities, spec.class_names,
+                        os.path.join(workdir, 'roc_curve.png'))
+  plots.plot_curves(logs.read_scalars(workdir), spec.steps_per_epoch,
+                    os.path.join(workdir, 'curves.png'))
