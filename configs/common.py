@@ -81,7 +81,7 @@ def init_from(checkpoint_path: str, *, checkpoint_format: str = 'auto',
               restore_output_projection: bool = True
               ) -> ml_collections.ConfigDict:
   """`config.init_from`: the pretrained checkpoint the model starts from
-  (paper Section 3.4), in Scenic's layout; see `vivit_jax/pretrained.py`.
+  (paper Section 3.4), in Scenic's layout; see `vivit_jax/pretrained/`.
 
   DeiT and Hugging Face ViTs use the exact GELU: set
   `config.model.gelu_approximate = False` to compute what they computed (the
