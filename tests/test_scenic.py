@@ -71,6 +71,22 @@ def test_scenic_checkpoints_give_scenic_logits(case):
   np.testing.assert_allclose(logits, OUTPUTS[case], atol=1e-5, rtol=0)
 
 
+def test_output_layer_is_dropped_for_other_classes_or_on_request():
+  checkpoint = fixtures.FIXTURES / 'model4'
+  config = _config('model4', checkpoint)
+  config.dataset_configs.num_classes = 2
+  _, _, report = _load(config)
+  assert report.kept == {
+      name: '3 classes in the checkpoint, 2 in the model'
+      for name in ('output_projection/bias', 'output_projection/kernel')}
+  _, _, report = _load(_config('model4', checkpoint,
+                               restore_output_projection=False))
+  assert set(report.kept) == {'output_projection/bias',
+                              'output_projection/kernel'}
+  assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel' in (
+      report.loaded)
+
+
 def test_finds_the_latest_checkpoint_and_honours_the_format(tmp_path):
   source = fixtures.FIXTURES / 'model1' / f'checkpoint_{fixtures.STEP}'
   shutil.copy(source, tmp_path / 'checkpoint_10')

@@ -55,6 +55,11 @@ def read_scenic(path: str) -> Checkpoint:
   else in it (optimiser state, step, rng) is reported unused. Scenic's ViT
   names its head output_projection, which becomes `models.ViT`'s head.
   Scenic's MLPs use the tanh GELU and Flax's LayerNorm epsilon, 1e-6.
+
+  A video checkpoint is one with a tubelet kernel or Model 2's or 3's
+  modules. Models 1 and 4 with uniform frame sampling have a 2D kernel, as
+  an image ViT, and read as one: their positional embeddings, of n_t
+  frames, then do not map.
   """
   file = latest_checkpoint(path) if os.path.isdir(path) else path
   if file is None:
