@@ -1,9 +1,20 @@
-"""What every checkpoint reader returns, and the error they raise."""
+"""What every checkpoint reader returns, the error they raise, and the
+block names they share."""
 
 import dataclasses
 from typing import Optional
 
 import numpy as np
+
+# Current Flax (big_vision, Scenic) numbers an encoder block's modules per
+# type in call order; old Flax (vision_transformer, old Scenic) and this
+# project across the block. Old names never use these keys, so renaming by
+# this table leaves them unchanged.
+CALL_ORDER_BLOCK_MODULES = {
+    'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1',
+    'LayerNorm_1': 'LayerNorm_2',
+    'MlpBlock_0': 'MlpBlock_3',
+}
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be read, or cannot initialise the model."""

@@ -526,7 +526,9 @@ def _infer_grid(tokens: int, grid: tuple[int, int, int], image: bool
                 ) -> Optional[tuple[int, int, int]]:
   """The grid of `tokens` positions when the file does not record it: one
   frame of the model's grid, or a square, for images; for videos, the
-  model's frames, as many as the positions fill."""
+  model's frames, as many as the positions fill (so a video checkpoint
+  with another frame size and time steps is misread unless its file
+  records its grid)."""
   t, h, w = grid
   if not image:
     return (tokens // (h * w), h, w) if tokens % (h * w) == 0 else None

@@ -12,7 +12,6 @@ them into a model.
 import json
 import os
 import re
-from typing import Optional
 import zipfile
 
 from flax import traverse_util
@@ -22,18 +21,11 @@ import safetensors.flax
 
 from vivit_jax import checkpoints
 from vivit_jax.pretrained import scenic
+from vivit_jax.pretrained.checkpoint import CALL_ORDER_BLOCK_MODULES
 from vivit_jax.pretrained.checkpoint import Checkpoint
 from vivit_jax.pretrained.checkpoint import CheckpointError
 
 FORMATS = ('auto', 'vit_npz', 'huggingface', 'orbax', 'scenic')
-
-# big_vision's encoder blocks name their modules in call order; the original
-# vision_transformer code (and this project) numbers them across the block.
-_BIG_VISION_BLOCK_MODULES = {
-    'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1',
-    'LayerNorm_1': 'LayerNorm_2',
-    'MlpBlock_0': 'MlpBlock_3',
-}
 
 # Hugging Face encoder-layer modules, as `save_pretrained` writes them.
 _HF_LAYER_MODULES = {
@@ -182,7 +174,7 @@ def read_vit_npz(path: str) -> Checkpoint:
 def _rename_big_vision_module(name: str) -> str:
   parts = name.split('/')
   if len(parts) > 2 and parts[1].startswith('encoderblock_'):
-    parts[2] = _BIG_VISION_BLOCK_MODULES.get(parts[2], parts[2])
+    parts[2] = CALL_ORDER_BLOCK_MODULES.get(parts[2], parts[2])
   return '/'.join(parts)
 
 

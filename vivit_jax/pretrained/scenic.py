@@ -21,17 +21,11 @@ from flax import traverse_util
 import msgpack
 import numpy as np
 
+from vivit_jax.pretrained.checkpoint import CALL_ORDER_BLOCK_MODULES
 from vivit_jax.pretrained.checkpoint import Checkpoint
 from vivit_jax.pretrained.checkpoint import CheckpointError
 
 _CHECKPOINT_FILE = re.compile(r'checkpoint_(\d+)')
-# Current Flax's names of a block's modules -> this project's. The old names
-# never use these, so renaming them leaves old checkpoints unchanged.
-_CALL_ORDER_MODULES = {
-    'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1',
-    'LayerNorm_1': 'LayerNorm_2',
-    'MlpBlock_0': 'MlpBlock_3',
-}
 
 
 def is_checkpoint_file(path: str) -> bool:
@@ -107,6 +101,6 @@ def read_scenic(path: str) -> Checkpoint:
 def _our_name(name: tuple[str, ...]) -> tuple[str, ...]:
   """A parameter's path, with block modules renamed (see the module doc)."""
   return tuple(
-      _CALL_ORDER_MODULES.get(part, part)
+      CALL_ORDER_BLOCK_MODULES.get(part, part)
       if i and name[i - 1].startswith('encoderblock_') else part
       for i, part in enumerate(name))
