@@ -116,8 +116,9 @@ def test_model3_block_is_reshape_msa_reshape(order):
 
 
 def test_model4_attention_is_masked_full_attention():
-  """Eq. 7 and Fig. 6: spatial heads see their frame, temporal heads their
-  spatial position, evaluated as full attention with masks."""
+  """Eq. 7 and Fig. 6: temporal heads (the first half, as in Scenic) see
+  their spatial position, spatial heads their frame, evaluated as full
+  attention with masks."""
   b, t, hw, d, heads = 2, 3, 4, 16, 4
   x = _normal(3, (b, t * hw, d))
   msa = nn.MultiHeadDotProductAttention(
@@ -128,9 +129,26 @@ def test_model4_attention_is_masked_full_attention():
   frame, position = np.divmod(np.arange(t * hw), hw)
   same_frame = frame[:, None] == frame[None, :]
   same_position = position[:, None] == position[None, :]
-  mask = np.stack([same_frame] * (heads // 2) + [same_position] * (heads // 2))
+  mask = np.stack([same_position] * (heads // 2) + [same_frame] * (heads // 2))
   np.testing.assert_allclose(msa.apply(params, x),
                              _msa(params['params'], x, mask), atol=1e-5)
+
+
+def test_model4_first_half_of_heads_attends_over_time():
+  """Scenic's head order, written out for one query: head 0 attends over
+  the n_t tokens at the query's spatial position, head 1 over its frame."""
+  t, hw, head_dim = 3, 4, 8
+  q, k, v = (np.asarray(_normal(seed, (1, t * hw, 2, head_dim)))
+             for seed in (4, 5, 6))
+  y = attention.factorized_dot_product_attention(q, k, v, temporal_dims=t)
+  frame, position = 1, 2
+  query = frame * hw + position
+  for head, keys in ((0, position + hw * np.arange(t)),
+                     (1, frame * hw + np.arange(hw))):
+    logits = k[0, keys, head] @ q[0, query, head] / np.sqrt(head_dim)
+    weights = np.exp(logits - logits.max())
+    expected = weights / weights.sum() @ v[0, keys, head]
+    np.testing.assert_allclose(y[0, query, head], expected, atol=1e-5)
 
 
 def test_model4_has_model1_parameters():

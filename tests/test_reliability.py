@@ -203,7 +203,7 @@ def test_bad_input_is_one_line_before_anything_compiles(tmp_path):
   assert _one_line_error(pretrained) == (
       f'ConfigError: config.init_from.checkpoint_path: {missing} does not '
       'exist. Give the path of a ViT .npz, a Hugging Face folder or a '
-      'vivit-jax workdir.')
+      'vivit-jax workdir or a Scenic checkpoint.')
   assert not (tmp_path / 'w' / 'checkpoints').exists()
 
 

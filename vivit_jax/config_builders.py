@@ -150,14 +150,20 @@ def init_from(checkpoint_path: str, *, checkpoint_format: str = 'auto',
 
   Args:
     checkpoint_path: a ViT .npz file (vision_transformer or big_vision), a
-      Hugging Face ViT/DeiT/ViViT folder, or the workdir of a vivit-jax run.
-    checkpoint_format: 'auto' (from the path), 'vit_npz', 'huggingface' or
-      'orbax'.
+      Hugging Face ViT/DeiT/ViViT folder, the workdir of a vivit-jax run, or
+      a Scenic ViT/ViViT checkpoint: a checkpoint_<step> file (Flax msgpack)
+      or a folder of them, whose latest step is read. A ViViT checkpoint
+      initialises a ViViT of its own kind (Model 1-4) parameter by
+      parameter.
+    checkpoint_format: 'auto' (from the path), 'vit_npz', 'huggingface',
+      'orbax' or 'scenic' (which also reads files with other names).
     kernel_init_method: how a 2D patch kernel becomes the tubelet kernel:
       'central_frame' (Eq. 9), 'average_frame' (Eq. 8, filter inflation) or
       'random' (the model's initialisation).
-    restore_positional_embedding: load the positional embedding, repeated
-      over time; False keeps the model's.
+    restore_positional_embedding: load the positional embedding: an
+      image's is repeated over time, a video's with another number of time
+      steps interpolated linearly over time, as Scenic does; False keeps the
+      model's.
     positional_embed_size_change: when the spatial token grids differ,
       'resize_tile' resizes the embedding bilinearly before repeating it over
       time; 'tile' raises an error instead.

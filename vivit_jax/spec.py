@@ -28,7 +28,7 @@ MODES = ('model', 'train', 'eval')
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('cosine', 'constant')
 CHECKPOINT_METRICS = {'acc': 'max', 'auc': 'max', 'loss': 'min'}
-CHECKPOINT_FORMATS = ('auto', 'vit_npz', 'huggingface', 'orbax')
+CHECKPOINT_FORMATS = ('auto', 'vit_npz', 'huggingface', 'orbax', 'scenic')
 
 
 class ConfigError(ValueError):
@@ -234,8 +234,8 @@ def _check_init_from(config: ml_collections.ConfigDict) -> None:
   path = os.path.expanduser(init_from.checkpoint_path)
   if not os.path.exists(path):
     config_error('init_from.checkpoint_path', f'{path} does not exist',
-                 'Give the path of a ViT .npz, a Hugging Face folder or a '
-                 'vivit-jax workdir.')
+                 'Give the path of a ViT .npz, a Hugging Face folder, a '
+                 'vivit-jax workdir or a Scenic checkpoint.')
 
 
 def _check_augmentation(config: ml_collections.ConfigDict) -> None:

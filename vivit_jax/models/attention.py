@@ -62,13 +62,21 @@ def factorized_dot_product_attention(query, key, value, *, temporal_dims: int,
                                      dropout_rng=None, dropout_rate=0.0,
                                      deterministic=True, dtype=None,
                                      precision=None):
-  """Model 4 (Fig. 6): half the heads attend in space, half in time.
+  """Model 4 (Fig. 6): half the heads attend in time, half in space.
 
   Tokens are laid out time-major, N = n_t * n_h * n_w. The first heads/2
-  heads of each query attend over K_s, V_s: the n_h * n_w tokens of its own
-  frame; the other heads over K_t, V_t: the n_t tokens at its own spatial
-  position. The heads are then concatenated, Y = Concat(Y_s, Y_t), for the
-  output projection W_O.
+  heads of each query attend over K_t, V_t: the n_t tokens at its own
+  spatial position; the other heads over K_s, V_s: the n_h * n_w tokens of
+  its own frame. The heads are then concatenated, Y = Concat(Y_t, Y_s), for
+  the output projection W_O.
+
+  The order is Scenic's, so that its Model 4 checkpoints compute here what
+  they computed there: `factorized_dot_product_attention` in
+  scenic/projects/vivit/model_utils.py splits the heads of its
+  (batch, n_t, n_h * n_w, heads, head_dim) queries with `jnp.split` and
+  attends with the i-th part over axis i + 1, time first. The paper writes
+  Concat(Y_s, Y_t); the two orders differ by a permutation of the heads in
+  W_Q, W_K, W_V and W_O, so only a trained checkpoint tells them apart.
 
   Args:
     query, key, value: (batch, N, heads, head_dim), heads even.
@@ -85,15 +93,15 @@ def factorized_dot_product_attention(query, key, value, *, temporal_dims: int,
       q, k, v, dropout_rng=rng, dropout_rate=dropout_rate,
       deterministic=deterministic, dtype=dtype, precision=precision)
 
-  def spatial(x):  # (b, N, h/2, dh) -> (b * n_t, n_h * n_w, h/2, dh)
-    return x[:, :, :half].reshape(b * t, n // t, half, head_dim)
-
   def temporal(x):  # (b, N, h/2, dh) -> (b * n_h * n_w, n_t, h/2, dh)
-    x = x[:, :, half:].reshape(b, t, n // t, half, head_dim)
+    x = x[:, :, :half].reshape(b, t, n // t, half, head_dim)
     return x.transpose(0, 2, 1, 3, 4).reshape(b * (n // t), t, half, head_dim)
 
-  y_s = attend(spatial(query), spatial(key), spatial(value), rngs[0])
-  y_t = attend(temporal(query), temporal(key), temporal(value), rngs[1])
-  y_s = y_s.reshape(b, n, half, head_dim)
+  def spatial(x):  # (b, N, h/2, dh) -> (b * n_t, n_h * n_w, h/2, dh)
+    return x[:, :, half:].reshape(b * t, n // t, half, head_dim)
+
+  y_t = attend(temporal(query), temporal(key), temporal(value), rngs[0])
+  y_s = attend(spatial(query), spatial(key), spatial(value), rngs[1])
   y_t = y_t.reshape(b, n // t, t, half, head_dim).transpose(0, 2, 1, 3, 4)
-  return jnp.concatenate([y_s, y_t.reshape(b, n, half, head_dim)], axis=2)
+  y_s = y_s.reshape(b, n, half, head_dim)
+  return jnp.concatenate([y_t.reshape(b, n, half, head_dim), y_s], axis=2)

@@ -11,9 +11,11 @@ Its parameters map into every model:
     is left at initialisation ('random'); RGB kernels are summed over the
     channels for 1-channel volumes and other patch sizes are reached by
     `resize_patch_kernel`;
-  - positional embeddings are repeated over time (Section 3.4) and resized
-    over space when the token grids differ; the class token's position is
-    kept for 'token' models and dropped for 'gap' ones;
+  - positional embeddings are repeated over time (Section 3.4), or
+    interpolated over time when a video checkpoint has another number of
+    time steps, and resized over space when the token grids differ; the
+    class token's position is kept for 'token' models and dropped for 'gap'
+    ones;
   - Models 1 and 4 take the ViT's encoder; Model 2's spatial encoder takes
     it, and its temporal encoder takes the ViT's first layers too when
     `init_from.init_temporal_transformer` is set (else it stays at its
@@ -457,7 +459,8 @@ def _adapt_posemb(posemb: np.ndarray, *,
 
   Image embeddings are repeated over time (Section 3.4); spatial grids that
   differ are resized bilinearly, as in ViT's and Scenic's fine-tuning at
-  other resolutions.
+  other resolutions; video embeddings with another number of time steps are
+  interpolated over time by `interpolate_over_time`.
   """
   tokens = posemb[0, 1:] if source_cls else posemb[0]
   width = tokens.shape[-1]
@@ -481,11 +484,9 @@ def _adapt_posemb(posemb: np.ndarray, *,
     steps.append('resized from {}x{} to {}x{} (bilinear)'.format(
         *space_source, *space))
   if t_source != t:
-    if t_source != 1:
-      raise _Unmappable(f'{t_source} time steps in the checkpoint, {t} in '
-                        'the model')
-    positions = np.repeat(positions, t, axis=0)
-    steps.append(f'repeated over {t} time steps')
+    positions = interpolate_over_time(positions, t)
+    steps.append(f'repeated over {t} time steps' if t_source == 1 else
+                 f'interpolated linearly from {t_source} to {t} time steps')
   rows = [positions.reshape(1, -1, width)]
   if cls and source_cls:
     rows.insert(0, posemb[:, :1])
@@ -497,14 +498,36 @@ def _adapt_posemb(posemb: np.ndarray, *,
   return np.concatenate(rows, axis=1), '; '.join(steps)
 
 
+def interpolate_over_time(positions: np.ndarray, steps: int) -> np.ndarray:
+  """Positional embeddings (n_t, ..., d) on `steps` time steps, linearly
+  interpolated at each spatial position, end points kept.
+
+  This is what Scenic does to Model 2's temporal embedding when the number
+  of frames changes (`interpolate_1d_positional_embeddings` in
+  scenic/projects/vivit/model_utils.py: scipy.ndimage.zoom with order 1,
+  whose grid puts step i at i (n_t - 1) / (steps - 1) of the checkpoint's);
+  Scenic has no temporal resize for the other models. One time step is
+  repeated.
+  """
+  source = np.linspace(0, len(positions) - 1, steps)
+  low = np.floor(source).astype(int)
+  high = np.minimum(low + 1, len(positions) - 1)
+  weight = (source - low).reshape((-1,) + (1,) * (positions.ndim - 1))
+  values = positions.astype(np.float64)
+  return ((1 - weight) * values[low] + weight * values[high]).astype(
+      positions.dtype)
+
+
 def _infer_grid(tokens: int, grid: tuple[int, int, int], image: bool
                 ) -> Optional[tuple[int, int, int]]:
   """The grid of `tokens` positions when the file does not record it: one
-  frame of the model's grid, or a square, for images; the model's grid for
-  videos."""
+  frame of the model's grid, or a square, for images; for videos, the
+  model's frames, as many as the positions fill (so a video checkpoint
+  with another frame size and time steps is misread unless its file
+  records its grid)."""
   t, h, w = grid
   if not image:
-    return grid if tokens == t * h * w else None
+    return (tokens // (h * w), h, w) if tokens % (h * w) == 0 else None
   if tokens == h * w:
     return (1, h, w)
   side = math.isqrt(tokens)

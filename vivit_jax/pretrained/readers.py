@@ -1,5 +1,5 @@
 """Reading pretrained checkpoints: ViT `.npz` files, Hugging Face model
-folders and vivit-jax training runs.
+folders, vivit-jax training runs and Scenic checkpoints (`scenic.py`).
 
 Every reader returns a `Checkpoint` whose parameters follow this project's
 names: `models.ViT`'s for image checkpoints (embedding, cls,
@@ -9,11 +9,9 @@ Model 2 has SpatialTransformer and TemporalTransformer). `pretrained.py` maps
 them into a model.
 """
 
-import dataclasses
 import json
 import os
 import re
-from typing import Optional
 import zipfile
 
 from flax import traverse_util
@@ -22,16 +20,12 @@ import numpy as np
 import safetensors.flax
 
 from vivit_jax import checkpoints
+from vivit_jax.pretrained import scenic
+from vivit_jax.pretrained.checkpoint import CALL_ORDER_BLOCK_MODULES
+from vivit_jax.pretrained.checkpoint import Checkpoint
+from vivit_jax.pretrained.checkpoint import CheckpointError
 
-FORMATS = ('auto', 'vit_npz', 'huggingface', 'orbax')
-
-# big_vision's encoder blocks name their modules in call order; the original
-# vision_transformer code (and this project) numbers them across the block.
-_BIG_VISION_BLOCK_MODULES = {
-    'MultiHeadDotProductAttention_0': 'MultiHeadDotProductAttention_1',
-    'LayerNorm_1': 'LayerNorm_2',
-    'MlpBlock_0': 'MlpBlock_3',
-}
+FORMATS = ('auto', 'vit_npz', 'huggingface', 'orbax', 'scenic')
 
 # Hugging Face encoder-layer modules, as `save_pretrained` writes them.
 _HF_LAYER_MODULES = {
@@ -77,68 +71,47 @@ _HF_GELU_APPROXIMATE = {'gelu': False, 'gelu_new': True, 'gelu_fast': True,
                         'gelu_pytorch_tanh': True}
 
 
-class CheckpointError(ValueError):
-  """A checkpoint that cannot be read, or cannot initialise the model."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Checkpoint:
-  """Parameters read from a checkpoint, and what the file says about them.
-
-  Attributes:
-    path: the file or folder read.
-    format: one of FORMATS other than 'auto'.
-    params: {'/'-joined name: array}, named as in `models.ViT` (image
-      checkpoints) or `models.ViViT` (video checkpoints).
-    is_video: whether `params` are a ViViT's.
-    grid: (n_t, n_h, n_w), the token grid of the positional embedding, when
-      the file records it; None otherwise.
-    gelu_approximate: whether the MLPs use the tanh GELU; None if unknown.
-    layer_norm_epsilon: the LayerNorms' epsilon; None if unknown.
-    unused: {name in the file: why `params` has no place for it}.
-  """
-  path: str
-  format: str
-  params: dict[str, np.ndarray]
-  is_video: bool
-  grid: Optional[tuple[int, int, int]] = None
-  gelu_approximate: Optional[bool] = None
-  layer_norm_epsilon: Optional[float] = None
-  unused: dict[str, str] = dataclasses.field(default_factory=dict)
-
-
 def detect_format(path: str) -> str:
   """The format of the checkpoint at `path` (see FORMATS)."""
   if not os.path.exists(path):
     raise CheckpointError(
         f'{path} does not exist: set config.init_from.checkpoint_path to a '
-        'ViT .npz file, a Hugging Face model folder or a vivit-jax workdir.')
+        'ViT .npz file, a Hugging Face model folder, a vivit-jax workdir or '
+        'a Scenic checkpoint_<step> file or folder.')
   if os.path.isfile(path):
-    return 'vit_npz'
+    return 'scenic' if scenic.is_checkpoint_file(path) else 'vit_npz'
   if (os.path.basename(os.path.normpath(path)) == 'checkpoints' or
       os.path.isdir(checkpoints.checkpoint_dir(path))):
     return 'orbax'  # Before config.json: a workdir keeps its config there.
   if os.path.isfile(os.path.join(path, 'config.json')):
     return 'huggingface'
+  if scenic.latest_checkpoint(path):
+    return 'scenic'
   raise CheckpointError(
-      f'{path} is a folder with neither config.json (a Hugging Face model) '
-      'nor checkpoints/ (a vivit-jax workdir); found '
-      f'{sorted(os.listdir(path))[:8]}.')
+      f'{path} is a folder with neither config.json (a Hugging Face model), '
+      'checkpoints/ (a vivit-jax workdir) nor checkpoint_<step> files '
+      f'(Scenic); found {sorted(os.listdir(path))[:8]}.')
 
 
 def read_checkpoint(path: str, checkpoint_format: str = 'auto') -> Checkpoint:
-  """Reads the checkpoint at `path` in `checkpoint_format` (see FORMATS)."""
+  """Reads the checkpoint at `path` in `checkpoint_format` (see FORMATS).
+
+  A file is a Scenic checkpoint when it is named checkpoint_<step>, or when
+  `checkpoint_format` is 'scenic'.
+  """
   if checkpoint_format not in FORMATS:
     raise ValueError(f'config.init_from.checkpoint_format: unknown format '
                      f'{checkpoint_format!r}. Use one of {FORMATS}.')
   detected = detect_format(path)
+  if checkpoint_format == 'scenic' and os.path.isfile(path):
+    detected = 'scenic'
   if checkpoint_format not in ('auto', detected):
     raise CheckpointError(
         f'{path} looks like a {detected!r} checkpoint, not '
         f'{checkpoint_format!r}: fix config.init_from.checkpoint_format or '
         "set it to 'auto'.")
   reader = {'vit_npz': read_vit_npz, 'huggingface': read_huggingface,
-            'orbax': read_orbax}[detected]
+            'orbax': read_orbax, 'scenic': scenic.read_scenic}[detected]
   return reader(path)
 
 
@@ -201,7 +174,7 @@ def read_vit_npz(path: str) -> Checkpoint:
 def _rename_big_vision_module(name: str) -> str:
   parts = name.split('/')
   if len(parts) > 2 and parts[1].startswith('encoderblock_'):
-    parts[2] = _BIG_VISION_BLOCK_MODULES.get(parts[2], parts[2])
+    parts[2] = CALL_ORDER_BLOCK_MODULES.get(parts[2], parts[2])
   return '/'.join(parts)
 
 
