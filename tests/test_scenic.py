@@ -137,7 +137,8 @@ def test_scenic_vit_reads_as_an_image_model(tmp_path):
   config = tiny_config(model_name='vit', size=8, num_classes=3)
   model = models.create_model(config)
   shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1,) + spec.check_config(config, mode='model').input_shape),
+      jax.random.key(0),
+      jnp.zeros((1,) + spec.check_config(config, mode='model').input_shape),
       train=False))['params']
   rng = np.random.default_rng(0)
   ours = {name: rng.normal(size=x.shape).astype(np.float32)
