@@ -12,8 +12,7 @@ of (seed, epoch, step), prepared ahead in background threads.
   default_flip_axes(name)          axes a flip cannot change the label along.
   augmentation_config(name, size)  `config.augmentation` with safe defaults.
   augment(rng, volumes, config, rows)   shift, flips, intensity jitter.
-  smooth_labels(one_hot, lam)      Eq. 11.
-  mixup(rng, volumes, targets, alpha)   Eq. 12.
+  smooth_labels, mixup             Eqs. 11, 12 (from data/augment.py).
   train_batches(...)               one shuffled, augmented epoch.
   eval_batches(...)                a whole split in order, padded and masked.
   shard_for_host(batch)            this process's rows of a global batch.
@@ -40,6 +39,10 @@ from absl import logging
 import jax
 import ml_collections
 import numpy as np
+
+from vivit_jax.data.augment import generator as _generator
+from vivit_jax.data.augment import mixup
+from vivit_jax.data.augment import smooth_labels
 
 DATASETS = ('organmnist3d', 'nodulemnist3d', 'adrenalmnist3d',
             'fracturemnist3d', 'vesselmnist3d', 'synapsemnist3d')
@@ -284,31 +287,6 @@ def augment(rng: np.random.Generator, volumes: np.ndarray,
     volume += offset
     np.clip(volume, 0, 1, out=out[i, ..., 0])
   return out
-
-
-def smooth_labels(one_hot: np.ndarray, lam: float) -> np.ndarray:
-  """Eq. 11: (1 - lam) y + lam u, u uniform over the K classes. (B, K)."""
-  return ((1 - lam) * one_hot + lam / one_hot.shape[-1]).astype(np.float32)
-
-
-def mixup(rng: np.random.Generator, volumes: np.ndarray, targets: np.ndarray,
-          alpha: float) -> tuple[np.ndarray, np.ndarray]:
-  """Eq. 12: mixes each example with a random partner from the batch.
-
-  One lam ~ Beta(alpha, alpha) for the batch; partners are a permutation.
-  volumes (B, ...), targets (B, K) one-hot or soft -> the same shapes.
-  """
-  lam = rng.beta(alpha, alpha)
-  partner = rng.permutation(len(volumes))
-  mixed = volumes[partner]
-  mixed *= 1 - lam
-  mixed += lam * volumes
-  return mixed, lam * targets + (1 - lam) * targets[partner]
-
-
-def _generator(seed: int, *stream: int) -> np.random.Generator:
-  """An independent generator for each (seed, *stream)."""
-  return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=stream))
 
 
 def _prepared_ahead(make: Callable[[int], dict], steps: Iterable[int],
