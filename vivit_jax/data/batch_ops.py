@@ -1,5 +1,5 @@
-"""Label regularisation shared by every data set: Eqs. 11 and 12 of ViViT,
-and the seeded generators that make batches pure functions of their step.
+"""Operations on whole batches, shared by every data set: Eqs. 11 and 12 of
+ViViT, and the seeded generators that make batches pure functions of their step.
 
   smooth_labels(one_hot, lam)                Eq. 11.
   mixup(rng, inputs, targets, alpha)         Eq. 12.
