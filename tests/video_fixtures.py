@@ -25,7 +25,8 @@ CODECS = {
                                 'bf': '2'}),
     'vp9': ('libvpx-vp9', 'webm', {'g': '8', 'deadline': 'realtime',
                                    'cpu-used': '8', 'crf': '10', 'b': '0'}),
-    'mjpeg': ('mjpeg', 'avi', {'q:v': '2'}),
+    # A fixed quantiser: identical frames encode (and decode) identically.
+    'mjpeg': ('mjpeg', 'avi', {'qmin': '2', 'qmax': '2'}),
 }
 DIRECTIONS = ('down', 'still', 'up')  # The classes, sorted.
 _BITS = 8
