@@ -313,3 +313,25 @@ def test_config_errors_are_one_line(dataset, field, value, message):
   with pytest.raises(DataError, match=message) as error:
     video_source.VideoSource(config)
   assert '\n' not in str(error.value)
+
+
+def test_color_augment_is_one_affine_map_of_rgb():
+  frames = np.random.default_rng(0).integers(0, 256, (2, 6, 8, 3), np.uint8)
+  rng = np.random.default_rng(1)
+  kwargs = dict(prob_color_drop=0.0, color_jitter=(0.4, 0.0, 0.0, 0.0))
+  plain = video_transforms.color_augment(rng, frames, prob_color_augment=0.0,
+                                         **kwargs)
+  np.testing.assert_allclose(plain, frames / 255, atol=1e-6)
+  brighter = video_transforms.color_augment(rng, frames,
+                                            prob_color_augment=1.0, **kwargs)
+  darkest = np.unravel_index(np.argmin(np.where(plain > 0, plain, 1)),
+                             plain.shape)
+  factor = brighter[darkest] / plain[darkest]
+  assert 0.6 <= factor <= 1.4
+  np.testing.assert_allclose(brighter, np.clip(plain * factor, 0, 1),
+                             atol=1e-5)
+  grey = video_transforms.color_augment(
+      rng, frames, prob_color_augment=0.0, prob_color_drop=1.0,
+      color_jitter=(0.4, 0.4, 0.4, 0.1))
+  np.testing.assert_allclose(grey, np.repeat(grey[..., :1], 3, -1),
+                             atol=1e-6)

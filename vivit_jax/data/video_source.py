@@ -247,12 +247,12 @@ class VideoSource:
             augmentation.rand_augment_num_layers,
             augmentation.rand_augment_magnitude)
       clip = video_transforms.color_augment(
-          rng, frames.astype(np.float32) * np.float32(1 / 255),
-          prob_color_augment=augmentation.prob_color_augment,
+          rng, frames, prob_color_augment=augmentation.prob_color_augment,
           prob_color_drop=augmentation.prob_color_drop,
           color_jitter=augmentation.color_jitter)
       if ds.get('zero_centering', True):
-        clip = clip * 2 - 1
+        clip *= 2
+        clip -= 1
       return clip, label
     raise DataError('No training video decodes any more: see the warnings '
                     'above, and replace the files.')

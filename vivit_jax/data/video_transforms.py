@@ -2,14 +2,14 @@
 
 Every random choice is drawn once per clip and applied to all of its frames,
 so a static video stays static. Clips are (T, H, W, 3): uint8 RGB as
-decoded, float32 in [0, 1] for the colour augmentation.
+decoded; `color_augment` turns them into float32 in [0, 1].
 
   augmentation_config(...)          `config.augmentation` for videos.
   resized_size(height, width, shorter)        (h, w), shorter side resized.
   train_geometry(rng, height, width, ...)     scale jitter, crop, flip.
   eval_crops(height, width, crop_size, num_crops)    fixed crop corners.
   crop(frames, top, left, crop_size)          (T, crop, crop, 3).
-  color_augment(rng, clip, ...)               colour jitter and drop.
+  color_augment(rng, frames, ...)             to [0, 1], colour jitter, drop.
 
 The pipeline of a training clip (see `video_source`): the frames are
 decoded straight to the jittered size, `min_resize` x U(scale_min_factor,
@@ -127,47 +127,55 @@ def crop(frames: np.ndarray, top: int, left: int, crop_size: int
   return frames[:, top:top + crop_size, left:left + crop_size]
 
 
-def _grey(clip: np.ndarray) -> np.ndarray:
-  """(T, H, W, 3) -> (T, H, W, 1) luma."""
-  return clip @ _LUMA[:, None]
-
-
-def _hue(clip: np.ndarray, turns: float) -> np.ndarray:
+def _hue(turns: float) -> np.ndarray:
+  """The 3 x 3 map of RGB that turns the hue by `turns` of a full turn."""
   angle = 2 * np.pi * turns
   rotation = np.array([[1, 0, 0],
                        [0, np.cos(angle), -np.sin(angle)],
-                       [0, np.sin(angle), np.cos(angle)]], np.float32)
-  matrix = np.linalg.inv(_YIQ) @ rotation @ _YIQ
-  return clip @ matrix.T.astype(np.float32)
+                       [0, np.sin(angle), np.cos(angle)]])
+  return np.linalg.inv(_YIQ) @ rotation @ _YIQ
 
 
-def color_augment(rng: np.random.Generator, clip: np.ndarray, *,
+def color_augment(rng: np.random.Generator, frames: np.ndarray, *,
                   prob_color_augment: float, prob_color_drop: float,
                   color_jitter: tuple[float, float, float, float]
                   ) -> np.ndarray:
-  """Colour jitter then colour drop, the same for every frame.
+  """Scales to [0, 1], then colour jitter and colour drop, the same for
+  every frame.
+
+  With probability `prob_color_augment`, brightness, contrast (around the
+  clip's mean luma), saturation and hue change in a random order; with
+  probability `prob_color_drop`, the clip turns grey. All are affine maps of
+  RGB: they are composed into one, applied in one pass and clipped once.
 
   Args:
-    clip: (T, H, W, 3) float32 in [0, 1].
+    frames: (T, H, W, 3) uint8.
   Returns:
     (T, H, W, 3) float32 in [0, 1].
   """
+  pixels = frames.reshape(-1, 3).astype(np.float32)
+  matrix, offset = np.eye(3) / 255, np.zeros(3)
+  grey = np.outer(np.ones(3), _LUMA)  # RGB -> (luma, luma, luma).
   if rng.random() < prob_color_augment:
-    brightness, contrast, saturation, hue = color_jitter
-    factors = [rng.uniform(1 - a, 1 + a) for a in color_jitter[:3]]
-    turns = rng.uniform(-hue, hue)
+    brightness, contrast, saturation = (
+        rng.uniform(1 - a, 1 + a) for a in color_jitter[:3])
+    hue = _hue(rng.uniform(-color_jitter[3], color_jitter[3]))
     for op in rng.permutation(4):
-      if op == 0 and brightness:
-        clip = clip * np.float32(factors[0])
-      elif op == 1 and contrast:
-        mean = _grey(clip).mean()
-        clip = (clip - mean) * np.float32(factors[1]) + mean
-      elif op == 2 and saturation:
-        grey = _grey(clip)
-        clip = (clip - grey) * np.float32(factors[2]) + grey
-      elif op == 3 and hue:
-        clip = _hue(clip, turns)
-      clip = np.clip(clip, 0, 1)
+      shift = 0.0
+      if op == 0:
+        step = brightness * np.eye(3)
+      elif op == 1:
+        # A product with ones: numpy's mean over a length-3 axis is slow.
+        mean = np.ones(len(pixels), np.float32) @ pixels / len(pixels)
+        shift = (1 - contrast) * (_LUMA @ (matrix @ mean + offset))
+        step = contrast * np.eye(3)
+      elif op == 2:
+        step = saturation * np.eye(3) + (1 - saturation) * grey
+      else:
+        step = hue
+      matrix, offset = step @ matrix, step @ offset + shift
   if rng.random() < prob_color_drop:
-    clip = np.repeat(_grey(clip), 3, axis=-1)
-  return clip.astype(np.float32, copy=False)
+    matrix, offset = grey @ matrix, grey @ offset
+  out = pixels @ matrix.T.astype(np.float32)
+  out += offset.astype(np.float32)
+  return np.clip(out, 0, 1, out=out).reshape(frames.shape)
