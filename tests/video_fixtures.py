@@ -75,19 +75,17 @@ def read_index(frames: np.ndarray) -> np.ndarray:
 
 def moving_square(rng: np.random.Generator, direction: str, num_frames: int,
                   height: int, width: int) -> np.ndarray:
-  """(T, H, W, 3) uint8: a square of random colour and column, 1/4 of the
-  height, moving 1/16 of the height per frame (bouncing at the edges) up,
-  down, or still, on a grey background."""
+  """(T, H, W, 3) uint8: a square of random colour and place, 1/4 of the
+  height, moving 1/32 of the height per frame up or down (leaving one edge
+  to come back at the other), or standing still, on a grey background."""
   side = height // 4
-  speed = {'down': 1, 'still': 0, 'up': -1}[direction] * max(height // 16, 1)
-  top, left = rng.integers(0, height - side), rng.integers(0, width - side)
+  speed = {'down': 1, 'still': 0, 'up': -1}[direction] * max(height // 32, 1)
+  top, left = rng.integers(0, height), rng.integers(0, width - side)
   colour = rng.integers(160, 256, 3)
   frames = np.full((num_frames, height, width, 3), _BACKGROUND, np.uint8)
-  travel = height - side
   for t in range(num_frames):
-    y = (top + speed * t) % (2 * travel)
-    y = y if y <= travel else 2 * travel - y
-    frames[t, y:y + side, left:left + side] = colour
+    rows = (top + speed * t + np.arange(side)) % height
+    frames[t, rows, left:left + side] = colour
   return frames
 
 
