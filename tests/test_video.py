@@ -82,13 +82,18 @@ def test_read_frames_are_the_frames_asked_for(pattern_videos, codec):
       video.read_frames(info, indices, size=(24, 40))), indices)
 
 
+@pytest.mark.parametrize('seek', (True, False))
 @pytest.mark.parametrize('codec', CODECS)
-def test_seeking_reads_every_frame_without_the_fallback(pattern_videos,
-                                                        codec):
-  info = video.probe(pattern_videos[codec])
+def test_seeking_and_sequential_decoding_read_every_frame(pattern_videos,
+                                                          codec, seek):
+  path = pattern_videos[codec]
+  info, reference = video.probe(path), decode_all(path)
   needed = np.array([3, 30, 31, 45, 69])
-  frames = video._decode(info, needed, None, seek=True)  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  frames = video._decode(info, needed, None, seek=seek)
   assert sorted(frames) == needed.tolist()
+  for index, frame in frames.items():
+    np.testing.assert_array_equal(frame, reference[index])
 
 
 def test_variable_frame_rate(tmp_path):
@@ -305,6 +310,7 @@ def test_csv_layout(dataset, tmp_path):
     ('min_resize', 16, 'min_resize: 16 is smaller than crop_size 32'),
     ('num_test_crops', 2, 'num_test_crops: 2 crops'),
     ('layout', 'lists', "layout: unknown 'lists'"),
+    ('sample_by', 'time', "target_fps: None is not a rate to sample 'time'"),
     ('data_dir', '/nonexistent', 'data_dir .* is not a folder'),
 ])
 def test_config_errors_are_one_line(dataset, field, value, message):

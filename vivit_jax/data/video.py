@@ -9,7 +9,7 @@ after the last; decoded frames are resized (FFmpeg's swscale) and converted
 to RGB only when needed.
 
   VideoReadError                               a file FFmpeg cannot read.
-  VideoInfo                                    frame timestamps, keyframes, size.
+  VideoInfo                                    timestamps, keyframes, size.
   probe(path)                                  -> VideoInfo.
   timeline(info, sample_by, target_fps)        sampling step -> frame index.
   train_clip(rng, length, num_frames, stride)  (T,) random clip, looped.
@@ -85,7 +85,7 @@ def _read_error(path: str, problem: object) -> VideoReadError:
 def probe(path: str) -> VideoInfo:
   """Timestamps, keyframes, size and frame rate of the first video stream.
 
-  Demuxes every packet (no decoding) and decodes the first frame only.
+  Demuxes every packet, decoding only until the first frame comes out.
 
   Raises:
     VideoReadError: the file cannot be opened or demuxed, has no video
@@ -96,23 +96,25 @@ def probe(path: str) -> VideoInfo:
       if not container.streams.video:
         raise _read_error(path, 'no video stream')
       stream = container.streams.video[0]
-      pts, keyframe = [], []
+      pts, keyframe, first = [], [], []
       for packet in container.demux(stream):
         timestamp = packet.pts if packet.pts is not None else packet.dts
         if packet.size and timestamp is not None:
           pts.append(timestamp)
           keyframe.append(packet.is_keyframe)
+          if not first:  # Until the decoder gives its first frame.
+            first = packet.decode()
       if not pts:
         raise _read_error(path, 'no frames')
+      first = first or stream.decode(None)  # Flushes the decoder.
+      if not first:
+        raise _read_error(path, 'the first frame does not decode')
+      first = first[0]
       order = np.argsort(pts, kind='stable')
       pts = np.asarray(pts, np.int64)[order]
       keyframes = np.flatnonzero(np.asarray(keyframe)[order])
       if not len(keyframes) or keyframes[0]:
         keyframes = np.concatenate([[0], keyframes])
-      container.seek(int(pts[0]), stream=stream)
-      first = next(container.decode(stream), None)
-      if first is None:
-        raise _read_error(path, 'the first frame does not decode')
       time_base = stream.time_base
       rate = stream.average_rate or stream.guessed_rate
   except av.FFmpegError as error:
@@ -199,7 +201,7 @@ def _decode(info: VideoInfo, needed: np.ndarray,
       key = info.keyframes[np.searchsorted(info.keyframes, target,
                                            side='right') - 1]
       if decoded is None or (seek and (key > position or target <= position)):
-        if decoded is not None or key:
+        if seek and (decoded is not None or key):
           container.seek(int(info.pts[key]), stream=stream)
         decoded = container.decode(stream)
       for frame in decoded:

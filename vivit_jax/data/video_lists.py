@@ -33,7 +33,8 @@ def _folder_split(data_dir: str, split: str) -> dict[str, list[str]]:
   if not os.path.isdir(root):
     raise DataError(f'{root} is not a folder: the folders layout needs '
                     f'{data_dir}/{{train,val,test}}/CLASS/*.mp4 (or another '
-                    "video format); or set config.dataset_configs.layout='csv'.")
+                    'video format); or set config.dataset_configs.layout='
+                    "'csv'.")
   return {name: sorted(
       os.path.join(root, name, file) for file in os.listdir(
           os.path.join(root, name))

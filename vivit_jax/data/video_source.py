@@ -63,6 +63,11 @@ def _check_dataset_config(dataset_configs: ml_collections.ConfigDict) -> None:
   if dataset_configs.get('sample_by', 'frames') not in video.SAMPLE_BY:
     fail('sample_by', f'unknown {dataset_configs.sample_by!r}',
          f'Use one of {video.SAMPLE_BY}.')
+  target_fps = dataset_configs.get('target_fps')
+  if dataset_configs.get('sample_by') == 'time' and not (
+      target_fps and target_fps > 0):
+    fail('target_fps', f"{target_fps} is not a rate to sample 'time' at",
+         'Give a positive number of steps per second.')
   if dataset_configs.get('num_test_crops', 1) not in (1, 3):
     fail('num_test_crops', f'{dataset_configs.num_test_crops} crops',
          'Use 1 (centre) or 3.')
