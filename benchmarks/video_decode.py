@@ -7,7 +7,9 @@ flip, colour jitter (Table 7, K400), with optional RandAugment. Without
 --data_dir, writes H.264 videos like Kinetics' (10 s, 30 fps, 340 x 256,
 a keyframe every 2 s) to a temporary folder first.
 
-Prints one JSON line per worker count: clips/s in total and per worker.
+Prints one JSON line per worker count: clips/s in total and per worker,
+and the CPU seconds a clip takes (all threads), which machines shared with
+other work measure better than clips/s.
 
   python -m benchmarks.video_decode [--workers=1,2] [--data_dir=DIR]
 """
@@ -71,13 +73,16 @@ def time_workers(data_dir: str, workers: int) -> dict:
     config.augmentation.rand_augment_magnitude = 15
   source = video_source.VideoSource(config)
   source.train_batch(0)  # Warm-up.
-  start = time.perf_counter()
+  start, cpu_start = time.perf_counter(), time.process_time()
   for step in range(1, _STEPS.value + 1):
     inputs = source.train_batch(step)['inputs']
   seconds = time.perf_counter() - start
   clips = _STEPS.value * _BATCH_SIZE.value
   return {'workers': workers, 'clips_per_s': round(clips / seconds, 2),
           'clips_per_s_per_worker': round(clips / seconds / workers, 2),
+          # CPU time of all threads: what a clip costs on a busy machine.
+          'cpu_s_per_clip': round((time.process_time() - cpu_start) / clips,
+                                  3),
           'clip_shape': list(inputs.shape[1:]),
           'rand_augment': _RAND_AUGMENT.value, 'clips': clips,
           'cpu_count': os.cpu_count()}
