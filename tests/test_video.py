@@ -341,3 +341,12 @@ def test_color_augment_is_one_affine_map_of_rgb():
       color_jitter=(0.4, 0.4, 0.4, 0.1))
   np.testing.assert_allclose(grey, np.repeat(grey[..., :1], 3, -1),
                              atol=1e-6)
+
+
+def test_source_samples_by_time(dataset):
+  config = make_config(dataset, augment=False, sample_by='time',
+                       target_fps=12.5)
+  source = video_source.VideoSource(config)
+  assert source.train_batch(0)['inputs'].shape == (4, 8, 32, 32, 3)
+  views = next(source.eval_batches('test'))['inputs']
+  assert views.shape == (5, 8, 32, 32, 3) and np.isfinite(views).all()

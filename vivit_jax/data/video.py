@@ -77,7 +77,9 @@ class VideoInfo:
 
 
 def _read_error(path: str, problem: object) -> VideoReadError:
-  problem = ' '.join(str(problem).split()) or type(problem).__name__
+  # FFmpeg's errors repeat the path in str(); strerror is the problem alone.
+  text = getattr(problem, 'strerror', None) or str(problem)
+  problem = ' '.join(text.split()) or type(problem).__name__
   return VideoReadError(f'{path}: cannot read the video ({problem}); '
                         're-encode it with ffmpeg or remove it.')
 
