@@ -202,7 +202,9 @@ def test_source_interface_and_corrupt_file(dataset, caplog):
   with caplog.at_level(logging.WARNING):
     source = video_source.VideoSource(make_config(dataset))
   assert 'bad.mp4' in caplog.text
-  assert source.skipped == {'train': 1}
+  bad = os.path.join(dataset, 'train', 'up', 'bad.mp4')
+  assert source.skipped == {bad: 1}
+  assert source.task == 'multi-class'
   assert source.class_names == ['down', 'still', 'up']
   assert source.num_classes == 3
   assert [source.num_examples(s) for s in ('train', 'val', 'test')] == [
@@ -247,6 +249,8 @@ def test_eval_batches_hold_every_view_in_order(dataset):
   np.testing.assert_array_equal(index[54:], -1)
   np.testing.assert_array_equal(mask, np.r_[np.ones(54), 0])
   np.testing.assert_array_equal(labels[:54], np.repeat([0, 1, 2], 18))
+  sevens = list(source.eval_batches('val', batch_size=7))
+  assert len(sevens) == 8 and sevens[-1]['mask'].sum() == 5
 
 
 def test_a_video_that_stops_decoding_is_replaced_deterministically(
@@ -265,12 +269,14 @@ def test_a_video_that_stops_decoding_is_replaced_deterministically(
   steps = range(source.num_examples('train') // 4)
   with caplog.at_level(logging.WARNING):
     batches = [source.train_batch(step) for step in steps]
-  assert source.skipped == {'train': 2} and caplog.text.count(broken) == 1
+  assert caplog.text.count(broken) == 1
+  assert source.skipped[broken] == 1  # Once per epoch.
   fresh = video_source.VideoSource(make_config(dataset, augment=False))
   monkeypatch.setattr(video, 'read_frames', failing)
   for step in reversed(steps):
     np.testing.assert_array_equal(fresh.train_batch(step)['inputs'],
                                   batches[step]['inputs'])
+  assert fresh.skipped == source.skipped
 
 
 def test_a_split_without_readable_videos_is_one_line_error(tmp_path):
@@ -281,7 +287,7 @@ def test_a_split_without_readable_videos_is_one_line_error(tmp_path):
     video_source.VideoSource(make_config(str(tmp_path)))
   message = str(error.value)
   assert '\n' not in message and 'test split' in message
-  assert '1 listed, 1 unreadable' in message
+  assert '1 listed, all unreadable' in message
 
 
 def test_csv_layout(dataset, tmp_path):
@@ -294,7 +300,8 @@ def test_csv_layout(dataset, tmp_path):
   config = make_config(str(tmp_path), layout='csv')
   source = video_source.VideoSource(config)
   assert source.class_names == ['down', 'still', 'up']
-  assert source.skipped == {'train': 1}
+  bad = os.path.join(dataset, 'train', 'up', 'bad.mp4')
+  assert source.skipped == {bad: 1}
   folders = video_source.VideoSource(make_config(dataset))
   np.testing.assert_array_equal(source.train_batch(2)['inputs'],
                                 folders.train_batch(2)['inputs'])

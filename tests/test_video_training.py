@@ -46,7 +46,8 @@ def _train_losses(workdir) -> pd.Series:
 def test_video_tiny_learns_the_direction_of_motion(data_dir, tmp_path):
   results = train.train_and_evaluate(_config(data_dir), str(tmp_path))
   assert json.loads((tmp_path / 'results.json').read_text()) == results
-  assert results['skipped'] == {'train': 1}
+  assert results['skipped_files'] == {
+      os.path.join(data_dir, 'train', 'up', 'bad.mp4'): 1}
   # Chance is 1/3; up and down differ only in the order of the frames.
   assert results['test']['top1'] >= 0.6, results['test']
 

@@ -12,7 +12,7 @@ of (seed, epoch, step), prepared ahead in background threads.
   default_flip_axes(name)          axes a flip cannot change the label along.
   augmentation_config(name, size)  `config.augmentation` with safe defaults.
   augment(rng, volumes, config, rows)   shift, flips, intensity jitter.
-  smooth_labels, mixup             Eqs. 11, 12 (from data/batch_ops.py).
+  smooth_labels, mixup             Eqs. 11, 12 (from data/augment.py).
   train_batches(...)               one shuffled, augmented epoch.
   eval_batches(...)                a whole split in order, padded and masked.
   shard_for_host(batch)            this process's rows of a global batch.
@@ -40,9 +40,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from vivit_jax.data.batch_ops import generator as _generator
-from vivit_jax.data.batch_ops import mixup
-from vivit_jax.data.batch_ops import smooth_labels
+from vivit_jax.data.augment import generator as _generator
+from vivit_jax.data.augment import mixup
+from vivit_jax.data.augment import smooth_labels
 
 DATASETS = ('organmnist3d', 'nodulemnist3d', 'adrenalmnist3d',
             'fracturemnist3d', 'vesselmnist3d', 'synapsemnist3d')

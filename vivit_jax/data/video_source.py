@@ -15,30 +15,34 @@ config.batch_size, config.eval_batch_size and config.rng_seed.
 Every file is probed once, at construction, in parallel; unreadable ones are
 logged, counted in `skipped` and left out. Decoding runs in a thread pool
 (PyAV and numpy release the GIL). A video that fails to decode later is
-logged and counted once; in training another video takes its place,
-deterministically; in evaluation its views are masked out.
+logged once and counted each time it is left out; in training another video
+takes its place, deterministically; in evaluation its views are masked out.
 """
 
 import collections
 import concurrent.futures
 import functools
 import itertools
+import logging
 import os
 import threading
 from typing import Callable, Iterable, Iterator, Optional
 
-from absl import logging
 import ml_collections
 import numpy as np
 
-from vivit_jax.data import batch_ops
 from vivit_jax.data import video
 from vivit_jax.data import video_lists
 from vivit_jax.data import video_randaugment
 from vivit_jax.data import video_transforms
+from vivit_jax.data.augment import generator
+from vivit_jax.data.augment import mixup
+from vivit_jax.data.augment import smooth_labels
 from vivit_jax.data.medmnist import DataError
 
-# Streams of the seeded generators (see `batch_ops.generator`).
+logger = logging.getLogger(__name__)
+
+# Streams of the seeded generators (see `augment.generator`).
 _ORDER, _EXAMPLE, _BATCH = 0, 1, 2
 
 
@@ -152,7 +156,8 @@ class VideoSource:
   Attributes:
     num_classes: K.
     class_names: K names, in label order.
-    skipped: Counter {split: videos left out as unreadable}.
+    task: 'binary-class' (K = 2) or 'multi-class', MedMNIST's names.
+    skipped: Counter {path: times the unreadable file was left out}.
   """
 
   def __init__(self, config: ml_collections.ConfigDict):
@@ -169,6 +174,7 @@ class VideoSource:
     self._augmentation = config.get('augmentation')
     self.class_names, lists = video_lists.read_lists(ds)
     self.num_classes = len(self.class_names)
+    self.task = 'binary-class' if self.num_classes == 2 else 'multi-class'
     self.skipped = collections.Counter()
     self._unreadable, self._lock = set(), threading.Lock()
     self._num_workers = ds.get('num_workers') or os.cpu_count()
@@ -199,25 +205,26 @@ class VideoSource:
     if not readable:
       raise DataError(
           f'The {split} split of {self._config.dataset_configs.data_dir} has '
-          f'no readable video ({len(videos)} listed, {self.skipped[split]} '
-          'unreadable): add videos FFmpeg can decode.')
+          f'no readable video ({len(videos)} listed, all unreadable): add '
+          'videos FFmpeg can decode.')
     return readable
 
-  def _skip(self, split: str, path: str, error: Exception) -> None:
-    """Logs and counts an unreadable video, once."""
+  def _skip(self, split: str, path: str,
+            error: Optional[Exception] = None) -> None:
+    """Counts an unreadable video; logs `error` the first time."""
     with self._lock:
+      self.skipped[path] += 1
       if path in self._unreadable:
         return
       self._unreadable.add(path)
-      self.skipped[split] += 1
-    logging.warning('Skipping unreadable video (%s split): %s', split, error)
+    logger.warning('Skipping unreadable video (%s split): %s', split, error)
 
   def num_examples(self, split: str) -> int:
     """The number of readable videos of 'train', 'val' or 'test'."""
     return len(self._videos[split])
 
   def _epoch_order(self, epoch: int) -> np.ndarray:
-    rng = batch_ops.generator(self._config.rng_seed, _ORDER, epoch)
+    rng = generator(self._config.rng_seed, _ORDER, epoch)
     return rng.permutation(self.num_examples('train'))
 
   def _train_clip(self, step: int, slot: int, row: int
@@ -229,8 +236,9 @@ class VideoSource:
     for attempt in range(len(videos)):
       info, label, timeline = videos[(row + attempt) % len(videos)]
       if info.path in self._unreadable:
+        self._skip('train', info.path)
         continue
-      rng = batch_ops.generator(self._config.rng_seed, _EXAMPLE, step, slot,
+      rng = generator(self._config.rng_seed, _EXAMPLE, step, slot,
                               attempt)
       steps = video.train_clip(rng, len(timeline), ds.num_frames, ds.stride)
       size, corner, flip = video_transforms.train_geometry(
@@ -283,13 +291,12 @@ class VideoSource:
         range(batch_size)))
     inputs, labels = np.stack(clips), np.asarray(labels, np.int32)
     augmentation = self._augmentation
-    targets = batch_ops.smooth_labels(
+    targets = smooth_labels(
         np.eye(self.num_classes, dtype=np.float32)[labels],
         augmentation.label_smoothing if augmentation else 0.0)
     if augmentation and augmentation.mixup_alpha > 0:
-      rng = batch_ops.generator(self._config.rng_seed, _BATCH, step)
-      inputs, targets = batch_ops.mixup(rng, inputs, targets,
-                                      augmentation.mixup_alpha)
+      rng = generator(self._config.rng_seed, _BATCH, step)
+      inputs, targets = mixup(rng, inputs, targets, augmentation.mixup_alpha)
     return {'inputs': inputs, 'targets': targets, 'labels': labels}
 
   def _eval_views(self, split: str, row: int
@@ -302,8 +309,10 @@ class VideoSource:
       self._skip(split, info.path, error)
       return None, label
 
-  def eval_batches(self, split: str) -> Iterator[dict]:
-    """Every view of every video of `split`, in order.
+  def eval_batches(self, split: str, batch_size: Optional[int] = None
+                   ) -> Iterator[dict]:
+    """Every view of every video of `split`, in order, in batches of
+    `batch_size` (default config.eval_batch_size).
 
     A video has num_test_clips x num_test_crops views, clip-major. The last
     batch is padded with zeros, index -1 and mask 0; so are the views of a
@@ -312,10 +321,10 @@ class VideoSource:
     Yields:
       {'inputs': (B, T, crop, crop, 3) float32, 'labels': (B,) int32,
       'mask': (B,) float32 (1 real, 0 padding), 'index': (B,) int32, the
-      video of each view in [0, num_examples(split))}, B =
-      config.eval_batch_size.
+      video of each view in [0, num_examples(split))}.
     """
-    ds, batch_size = self._config.dataset_configs, self._config.eval_batch_size
+    ds = self._config.dataset_configs
+    batch_size = batch_size or self._config.eval_batch_size
     num_views = ds.get('num_test_clips', 1) * ds.get('num_test_crops', 1)
     shape = (num_views, ds.num_frames, ds.crop_size, ds.crop_size, 3)
     pending = {key: [] for key in ('inputs', 'labels', 'mask', 'index')}

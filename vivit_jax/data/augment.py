@@ -1,5 +1,8 @@
-"""Operations on whole batches, shared by every data set: Eqs. 11 and 12 of
-ViViT, and the seeded generators that make batches pure functions of their step.
+"""Label transforms shared by every data set, Eqs. 11 and 12 of ViViT, and
+the seeded generators that make batches pure functions of their step.
+
+Import names from it (`from vivit_jax.data.augment import mixup`): the
+package's `augment` is MedMNIST's volume augmentation.
 
   smooth_labels(one_hot, lam)                Eq. 11.
   mixup(rng, inputs, targets, alpha)         Eq. 12.
