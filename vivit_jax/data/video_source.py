@@ -227,6 +227,27 @@ class VideoSource:
     rng = generator(self._config.rng_seed, _ORDER, epoch)
     return rng.permutation(self.num_examples('train'))
 
+  def _augment(self, rng: np.random.Generator, frames: np.ndarray
+               ) -> np.ndarray:
+    """RandAugment and colour augmentation, as configured, of a cropped
+    clip: (T, crop, crop, 3) uint8 -> float32 model inputs."""
+    ds, augmentation = self._config.dataset_configs, self._augmentation
+    if augmentation is None:
+      return _to_inputs(frames, ds)
+    if augmentation.rand_augment_num_layers:
+      frames = video_randaugment.rand_augment(
+          rng, np.ascontiguousarray(frames),
+          augmentation.rand_augment_num_layers,
+          augmentation.rand_augment_magnitude)
+    clip = video_transforms.color_augment(
+        rng, frames, prob_color_augment=augmentation.prob_color_augment,
+        prob_color_drop=augmentation.prob_color_drop,
+        color_jitter=augmentation.color_jitter)
+    if ds.get('zero_centering', True):
+      clip *= 2
+      clip -= 1
+    return clip
+
   def _train_clip(self, step: int, slot: int, row: int
                   ) -> tuple[np.ndarray, int]:
     """The augmented clip of training video `row`, or, if it is unreadable,
@@ -238,8 +259,7 @@ class VideoSource:
       if info.path in self._unreadable:
         self._skip('train', info.path)
         continue
-      rng = generator(self._config.rng_seed, _EXAMPLE, step, slot,
-                              attempt)
+      rng = generator(self._config.rng_seed, _EXAMPLE, step, slot, attempt)
       steps = video.train_clip(rng, len(timeline), ds.num_frames, ds.stride)
       size, corner, flip = video_transforms.train_geometry(
           rng, info.height, info.width, min_resize=ds.min_resize,
@@ -250,23 +270,7 @@ class VideoSource:
         self._skip('train', info.path, error)
         continue
       frames = video_transforms.crop(frames, *corner, ds.crop_size)
-      if flip:
-        frames = frames[:, :, ::-1]
-      if augmentation is None:
-        return _to_inputs(frames, ds), label
-      if augmentation.rand_augment_num_layers:
-        frames = video_randaugment.rand_augment(
-            rng, np.ascontiguousarray(frames),
-            augmentation.rand_augment_num_layers,
-            augmentation.rand_augment_magnitude)
-      clip = video_transforms.color_augment(
-          rng, frames, prob_color_augment=augmentation.prob_color_augment,
-          prob_color_drop=augmentation.prob_color_drop,
-          color_jitter=augmentation.color_jitter)
-      if ds.get('zero_centering', True):
-        clip *= 2
-        clip -= 1
-      return clip, label
+      return self._augment(rng, frames[:, :, ::-1] if flip else frames), label
     raise DataError('No training video decodes any more: see the warnings '
                     'above, and replace the files.')
 
