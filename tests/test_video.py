@@ -318,11 +318,18 @@ def test_csv_layout(dataset, tmp_path):
     ('num_test_crops', 2, 'num_test_crops: 2 crops'),
     ('layout', 'lists', "layout: unknown 'lists'"),
     ('sample_by', 'time', "target_fps: None is not a rate to sample 'time'"),
+    ('augmentation.prob_flip', 1.5, r'prob_flip: 1.5 is outside \[0, 1\]'),
+    ('augmentation.scale_min_factor', 2.0,
+     r'scale_min_factor: 2.0 is outside \[0.001, 1.33\]'),
+    ('augmentation.color_jitter', (0.4,), 'color_jitter: .* not four'),
     ('data_dir', '/nonexistent', 'data_dir .* is not a folder'),
 ])
 def test_config_errors_are_one_line(dataset, field, value, message):
   config = make_config(dataset)
-  config.dataset_configs[field] = value
+  if field.startswith('augmentation.'):
+    config.augmentation[field.split('.')[1]] = value
+  else:
+    config.dataset_configs[field] = value
   with pytest.raises(DataError, match=message) as error:
     video_source.VideoSource(config)
   assert '\n' not in str(error.value)

@@ -80,6 +80,30 @@ def _check_dataset_config(dataset_configs: ml_collections.ConfigDict) -> None:
          'Use at least 1.')
 
 
+def _check_augmentation(augmentation: ml_collections.ConfigDict) -> None:
+  """Raises DataError naming the field of `config.augmentation` (see
+  `video_transforms.augmentation_config`) that cannot work."""
+  expected = video_transforms.augmentation_config()
+  missing = sorted(set(expected) - set(augmentation))
+  if missing:
+    raise DataError(f'config.augmentation lacks {", ".join(missing)}: build '
+                    'it with video_transforms.augmentation_config().')
+  bounds = {field: (0, 1) for field in expected if field.startswith('prob_')}
+  bounds.update(label_smoothing=(0, 1), mixup_alpha=(0, np.inf),
+                rand_augment_num_layers=(0, np.inf),
+                rand_augment_magnitude=(0, np.inf),
+                scale_min_factor=(1e-3, augmentation.scale_max_factor))
+  for field, (low, high) in bounds.items():
+    if not low <= augmentation[field] <= high:
+      raise DataError(f'config.augmentation.{field}: {augmentation[field]} is '
+                      f'outside [{low}, {high}]. Give a value in it.')
+  jitter = tuple(augmentation.color_jitter)
+  if len(jitter) != 4 or min(jitter) < 0:
+    raise DataError(f'config.augmentation.color_jitter: {jitter} is not four '
+                    'non-negative amplitudes. Give (brightness, contrast, '
+                    'saturation, hue).')
+
+
 def _timeline(info: video.VideoInfo, dataset_configs) -> np.ndarray:
   return video.timeline(info, dataset_configs.get('sample_by', 'frames'),
                         dataset_configs.get('target_fps'))
@@ -172,6 +196,8 @@ class VideoSource:
     _check_dataset_config(ds)
     self._config = config
     self._augmentation = config.get('augmentation')
+    if self._augmentation is not None:
+      _check_augmentation(self._augmentation)
     self.class_names, lists = video_lists.read_lists(ds)
     self.num_classes = len(self.class_names)
     self.task = 'binary-class' if self.num_classes == 2 else 'multi-class'
