@@ -104,6 +104,46 @@ def arrays_dataset(path: str, *, num_classes: int, num_frames: int,
   })
 
 
+def video_dataset(num_classes: int, *, num_frames: int = 32, stride: int = 2,
+                  crop_size: int = 224, min_resize: int = 256,
+                  layout: str = 'folders', data_dir: Optional[str] = None,
+                  num_test_clips: int = 4, num_test_crops: int = 1,
+                  sample_by: str = 'frames',
+                  target_fps: Optional[float] = None,
+                  zero_centering: bool = True
+                  ) -> ml_collections.ConfigDict:
+  """`config.dataset_configs` of a folder or list of video files (see
+  `vivit_jax.data.video_source`); defaults: the paper's Kinetics input,
+  32 frames at stride 2, 224 crops of frames resized to 256, 4 views.
+
+  Args:
+    num_classes: must match the classes found in `data_dir`.
+    layout: 'folders' (data_dir/{train,val,test}/CLASS/*) or 'csv'
+      (data_dir/{train,val,test}.csv of `path,label` lines).
+    sample_by: 'frames' (stride in frames) or 'time' (stride in steps of
+      1 / target_fps seconds, for mixed or variable frame rates).
+    zero_centering: inputs in [-1, 1] (ImageNet ViTs), else [0, 1].
+  """
+  return ml_collections.ConfigDict({
+      'dataset_name': 'video',
+      'layout': layout,
+      'data_dir': config_dict.FieldReference(data_dir, field_type=str),
+      'num_classes': num_classes,
+      'num_frames': num_frames,
+      'stride': stride,
+      'sample_by': sample_by,
+      'target_fps': config_dict.FieldReference(target_fps, field_type=float),
+      'min_resize': min_resize,
+      'crop_size': crop_size,
+      'num_channels': 3,
+      'num_test_clips': num_test_clips,
+      'num_test_crops': num_test_crops,
+      'zero_centering': zero_centering,
+      # Decoding threads; None: one per CPU.
+      'num_workers': config_dict.FieldReference(None, field_type=int),
+  })
+
+
 def augmentation(name: str, size: int) -> ml_collections.ConfigDict:
   """`config.augmentation` for a data set, label-preserving.
 
@@ -325,7 +365,8 @@ def with_defaults(config: ml_collections.ConfigDict
   if full.get('eval_batch_size') is None:
     full['eval_batch_size'] = full['batch_size']
   dataset = full['dataset_configs']
-  if 'augmentation' not in full and 'crop_size' in dataset:
+  if 'augmentation' not in full and 'crop_size' in dataset and (
+      dataset.get('dataset_name') != 'video'):
     full['augmentation'] = augmentation(
         dataset.get('dataset_name', ''),
         dataset.get('size', dataset['crop_size'])).to_dict()

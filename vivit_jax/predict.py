@@ -8,8 +8,14 @@
 
 Inputs are clips of the model's shape (T, H, W, C), or (T, H, W) when C = 1:
 uint8 in [0, 255] or floats in [0, 1], one clip or a stack of them, in .npy
-or .npz files (every array of an npz, or its `test_images`), or a folder of
-such files.
+or .npz files (every array of an npz, or its `test_images`); video files
+(read as the config's evaluation views, whose logits are averaged); or a
+folder of such files.
+
+A model trained on T frames runs on T' (or another frame size): give the
+workdir with a config whose `dataset_configs.num_frames` (`crop_size`) is
+the new one, and the positional embeddings are interpolated as they are
+when initialising from a checkpoint (`pretrained`).
 """
 
 import dataclasses
@@ -21,13 +27,20 @@ import jax
 import ml_collections
 import numpy as np
 
+from vivit_jax import config_builders
+from vivit_jax import data
 from vivit_jax import evaluate
 from vivit_jax import models
 from vivit_jax import pretrained
 from vivit_jax import spec as spec_lib
 from vivit_jax import steps
+from vivit_jax import workdir as workdir_lib
+from vivit_jax.data import video_lists
 
 ARRAY_SUFFIXES = ('.npy', '.npz')
+VIDEO_SUFFIXES = video_lists.VIDEO_EXTENSIONS
+# Config fields a trained model's weights adapt to by interpolation.
+_INPUT_SIZE_FIELDS = ('dataset_configs.num_frames', 'dataset_configs.crop_size')
 
 
 class InputError(Exception):
@@ -51,7 +64,22 @@ class Classifier:
   def from_workdir(cls, workdir: str,
                    config: Optional[ml_collections.ConfigDict] = None
                    ) -> 'Classifier':
-    """The best checkpoint of a training run (see `evaluate.restore_for_eval`)."""
+    """The best checkpoint of a training run (see `evaluate.restore_for_eval`).
+
+    A `config` that differs from the workdir's only in its input size
+    (frames, crop) gets the run's weights through `pretrained`, with its
+    positional embeddings interpolated to the new token grid.
+    """
+    if config is not None:
+      given = spec_lib.check_config(config, mode='model').config
+      differences = workdir_lib.structural_differences(
+          workdir_lib.load_config(workdir), given)
+      if differences and all(difference.startswith(_INPUT_SIZE_FIELDS)
+                             for difference in differences):
+        config = given.copy_and_resolve_references()
+        with config.unlocked():
+          config.init_from = config_builders.init_from(workdir)
+        return cls.from_config(config)
     spec, model, variables, _ = evaluate.restore_for_eval(workdir, config)
     return cls(spec, model, variables)
 
@@ -99,8 +127,8 @@ class Classifier:
       return np.divide(array, 255, dtype=np.float32)
     return array.astype(np.float32)
 
-  def predict(self, clips: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities (N, K) of `clips` (see `as_clips`)."""
+  def logits(self, clips: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Logits (N, K) of `clips` (see `as_clips`)."""
     clips = self.as_clips(clips)
     logits = []
     for start in range(0, len(clips), batch_size):
@@ -109,7 +137,21 @@ class Classifier:
                       [(0, 0)] * (batch.ndim - 1))
       logits.append(np.asarray(self._apply(self.variables, padded))[
           :len(batch)])
-    return np.asarray(jax.nn.softmax(np.concatenate(logits)))
+    return np.concatenate(logits)
+
+  def predict(self, clips: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Class probabilities (N, K) of `clips` (see `as_clips`)."""
+    return np.asarray(jax.nn.softmax(self.logits(clips, batch_size)))
+
+  def predict_video(self, path: str) -> tuple[np.ndarray, dict]:
+    """Class probabilities (K,) of a video file, from the mean logits of the
+    config's evaluation views, and what was read (`data.prediction_views`).
+
+    Raises:
+      data.DataError: the file cannot be read.
+    """
+    views, info = data.prediction_views(path, self.spec.config)
+    return np.asarray(jax.nn.softmax(self.logits(views).mean(0))), info
 
 
 def read_arrays(path: str) -> Iterator[tuple[str, np.ndarray]]:
@@ -122,10 +164,7 @@ def read_arrays(path: str) -> Iterator[tuple[str, np.ndarray]]:
   if os.path.isdir(path):
     files = sorted(os.path.join(path, name) for name in os.listdir(path)
                    if name.endswith(ARRAY_SUFFIXES))
-    if not files:
-      raise InputError(f'{path} holds no {" or ".join(ARRAY_SUFFIXES)} file.')
-    for file in files:
-      yield from read_arrays(file)
+    yield from (item for file in files for item in read_arrays(file))
     return
   if not os.path.isfile(path):
     raise InputError(f'{path} does not exist: give a file or a folder.')
@@ -144,20 +183,51 @@ def read_arrays(path: str) -> Iterator[tuple[str, np.ndarray]]:
       yield f'{path}:{key}', loaded[key]
 
 
+def _videos(path: str) -> list[str]:
+  if os.path.isdir(path):
+    return sorted(os.path.join(path, name) for name in os.listdir(path)
+                  if name.lower().endswith(VIDEO_SUFFIXES))
+  return [path] if path.lower().endswith(VIDEO_SUFFIXES) else []
+
+
+def _record(name: str, probabilities: np.ndarray, class_names, top_k: int,
+            **extra) -> dict:
+  order = np.argsort(-probabilities)[:top_k]
+  return {
+      'input': name,
+      'probabilities': {class_names[k]: round(float(p), 6)
+                        for k, p in enumerate(probabilities)},
+      'top': [[class_names[k], round(float(probabilities[k]), 6)]
+              for k in order],
+      **extra}
+
+
 def predict_path(classifier: Classifier, path: str, top_k: int = 3
                  ) -> Iterator[dict]:
-  """One record per clip at `path`: {'input': 'file[:key][index]',
+  """One record per clip or video at `path`: {'input': 'file[:key][index]',
   'probabilities': {class: p}, 'top': [[class, p], ...] (the `top_k` most
-  probable)}."""
+  probable)}, and for a video 'views' (clips x crops whose logits were
+  averaged).
+
+  Raises:
+    InputError: the path holds nothing to classify, or an unreadable file.
+  """
   names = classifier.class_names
-  for name, array in read_arrays(path):
+  videos = _videos(path)
+  arrays = [] if videos and not os.path.isdir(path) else read_arrays(path)
+  found = bool(videos)
+  for name, array in arrays:
+    found = True
     clips = classifier.as_clips(array, name)
     single = clips.shape[0] == 1 and np.asarray(array).ndim < clips.ndim
     for index, row in enumerate(classifier.predict(clips)):
-      order = np.argsort(-row)[:top_k]
-      yield {
-          'input': name if single else f'{name}[{index}]',
-          'probabilities': {names[k]: round(float(p), 6)
-                            for k, p in enumerate(row)},
-          'top': [[names[k], round(float(row[k]), 6)] for k in order],
-      }
+      yield _record(name if single else f'{name}[{index}]', row, names, top_k)
+  for video in videos:
+    try:
+      probabilities, info = classifier.predict_video(video)
+    except data.DataError as error:
+      raise InputError(str(error)) from error
+    yield _record(video, probabilities, names, top_k, views=info['num_views'])
+  if not found:
+    raise InputError(f'{path} holds no {", ".join(ARRAY_SUFFIXES)} or video '
+                     'file.')

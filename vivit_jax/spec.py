@@ -240,6 +240,8 @@ def _check_init_from(config: ml_collections.ConfigDict) -> None:
 
 def _check_augmentation(config: ml_collections.ConfigDict) -> None:
   dataset = config.dataset_configs
+  if data.kind(dataset) == 'video':  # Checked by `data.VideoSource`.
+    return
   flips = config.augmentation.flip_axes
   allowed = (data.medmnist.default_flip_axes(dataset.dataset_name)
              if data.kind(dataset) == 'medmnist' else data.augment.FLIP_AXES)

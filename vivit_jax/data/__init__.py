@@ -6,7 +6,9 @@ Kinds of `config.dataset_configs.dataset_name`:
   - a MedMNIST 3D set ('adrenalmnist3d', 'organmnist3d', ...), at `size` 28
     or 64, found in `data_dir` or downloaded;
   - 'arrays': your own volumes in MedMNIST's npz format at `path`, with
-    `num_classes` and optional `class_names`.
+    `num_classes` and optional `class_names`;
+  - 'video': video files in class folders or listed in CSV files under
+    `data_dir` (`video_source`).
 """
 
 import os
@@ -19,15 +21,19 @@ from vivit_jax.data.sources import ArraySource
 from vivit_jax.data.sources import DataError
 from vivit_jax.data.sources import read_npz
 from vivit_jax.data.sources import SPLITS
+from vivit_jax.data import video_lists
+from vivit_jax.data.video_source import prediction_views
+from vivit_jax.data.video_source import VideoSource
 
 ARRAYS = 'arrays'
 
 
 def kind(dataset_configs: ml_collections.ConfigDict) -> str:
-  """'medmnist', 'arrays' or 'synthetic' (no data: summary and bench)."""
+  """'medmnist', 'arrays', 'video' or 'synthetic' (no data: summary and
+  bench)."""
   name = dataset_configs.get('dataset_name')
-  if name == ARRAYS:
-    return 'arrays'
+  if name in (ARRAYS, 'video'):
+    return name
   if name in medmnist.DATASETS:
     return 'medmnist'
   return 'synthetic'
@@ -37,6 +43,8 @@ def class_names(dataset_configs: ml_collections.ConfigDict) -> list[str]:
   """The names of the classes in label order (numbers when not given)."""
   if kind(dataset_configs) == 'medmnist':
     return medmnist.class_names(dataset_configs.dataset_name)
+  if kind(dataset_configs) == 'video':
+    return video_lists.read_lists(dataset_configs)[0]
   names = dataset_configs.get('class_names')
   return list(names) if names else [
       str(i) for i in range(dataset_configs.num_classes)]
@@ -52,6 +60,9 @@ def split_sizes(dataset_configs: ml_collections.ConfigDict) -> dict[str, int]:
   if kind(dataset_configs) == 'medmnist':
     return dict(medmnist.dataset_info(dataset_configs.dataset_name)[
         'n_samples'])
+  if kind(dataset_configs) == 'video':  # Files listed, not yet probed.
+    return {split: len(videos) for split, videos in
+            video_lists.read_lists(dataset_configs)[1].items()}
   if kind(dataset_configs) == 'arrays':
     path = os.path.expanduser(dataset_configs.path or '')
     if not os.path.isfile(path):
@@ -65,17 +76,19 @@ def split_sizes(dataset_configs: ml_collections.ConfigDict) -> dict[str, int]:
                       f'({error}).') from error
   raise DataError(
       f'Unknown data set {dataset_configs.get("dataset_name")!r}: use a '
-      f'MedMNIST 3D set ({", ".join(medmnist.DATASETS)}) or {ARRAYS!r} with '
-      'dataset_configs.path.')
+      f'MedMNIST 3D set ({", ".join(medmnist.DATASETS)}), {ARRAYS!r} with '
+      "dataset_configs.path, or 'video' with dataset_configs.data_dir.")
 
 
-def create_source(config: ml_collections.ConfigDict) -> ArraySource:
+def create_source(config: ml_collections.ConfigDict):
   """The source of `config.dataset_configs` (see `sources`), data loaded.
 
   Raises:
     DataError: see `split_sizes`; a file that does not fit the config.
   """
   dataset_configs = config.dataset_configs
+  if kind(dataset_configs) == 'video':
+    return VideoSource(config)
   if kind(dataset_configs) == 'medmnist':
     return ArraySource(medmnist.load_splits(dataset_configs), config=config,
                        class_names=class_names(dataset_configs),
