@@ -10,7 +10,8 @@ The class count and the shapes are read from the file; class names are
 numbers unless you give them (`--config.dataset_configs.class_names=
 "('normal','tumour')"`). Flips are off: add the axes along which a flip
 keeps your labels (`--config.augmentation.flip_axes="('height','width')"`).
-The tubelet is the largest of 7, 4, 2 and 1 voxels that divides each axis.
+The tubelet is the largest of 7, 4, 2 and 1 voxels that divides each axis;
+the batch is 32 volumes, or fewer for fewer than 32 training volumes.
 """
 
 import os
@@ -33,6 +34,8 @@ def get_config(path: str = '') -> ml_collections.ConfigDict:
     images = npz['train_images']
     labels = np.concatenate([npz[f'{split}_labels'].reshape(-1)
                              for split in ('train', 'val', 'test')])
+  # 32, or the largest power of two of at most the training examples.
+  batch_size = min(32, 2 ** int(np.log2(len(images))))
   _, depth, height, width = images.shape[:4]
   if height != width:
     raise ValueError(f'{path}: volumes are {height} x {width}; the models '
@@ -51,7 +54,8 @@ def get_config(path: str = '') -> ml_collections.ConfigDict:
       crop_size=height, num_channels=channels)
   config.augmentation = config_builders.augmentation('arrays', height)
   config.update(config_builders.training(
-      'adamw', base_learning_rate=1e-3, batch_size=32, num_training_epochs=20,
+      'adamw', base_learning_rate=1e-3, batch_size=batch_size,
+      num_training_epochs=20,
       warmup_epochs=1.0, weight_decay=1e-4))
   config.checkpoint_metric = 'loss'
   return config

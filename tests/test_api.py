@@ -15,6 +15,7 @@ import pytest
 import vivit_jax
 from tests.conftest import REPO, SHARED
 from vivit_jax import config_builders
+from vivit_jax import pretrained
 from vivit_jax import spec as spec_lib
 from vivit_jax import summary
 from vivit_jax.data import medmnist
@@ -26,7 +27,8 @@ CONFIGS = {
     'medmnist3d.py': ('adrenalmnist3d', 'organmnist3d', 'vesselmnist3d'),
     'termproject.py': ('vivit1', 'vivit2', 'cnn3d'),
     'tiny.py': (None,),
-    'vivit_b.py': (None, 'kinetics400'),
+    'video_tiny.py': (None,),
+    'vivit_b.py': (None, 'kinetics400', 'video'),
 }
 
 
@@ -193,3 +195,25 @@ def test_adrenalmnist3d_is_bundled(tmp_path, monkeypatch):
   assert (pathlib.Path(path).read_bytes() ==
           (SHARED / 'data' / 'adrenalmnist3d.npz').read_bytes())
   assert not (tmp_path / 'absent').exists()
+
+
+def test_a_run_trained_on_t_frames_predicts_on_more(trained_workdir):
+  """configs/tiny.py: 28 slices, tubelets of 7^3 -> 4 time steps of 4 x 4
+  positions and a class token; on 56 slices, 8 time steps whose positional
+  embeddings are the trained ones interpolated over time."""
+  config = vivit_jax.load_config(str(REPO / 'configs/tiny.py'))
+  config.dataset_configs.num_frames = 56
+  classifier = vivit_jax.Classifier.from_workdir(str(trained_workdir), config)
+  probabilities = classifier.predict(
+      np.random.default_rng(0).random((3, 56, 28, 28), np.float32))
+  assert probabilities.shape == (3, 2)
+  np.testing.assert_allclose(probabilities.sum(-1), 1, rtol=1e-5)
+
+  trained = vivit_jax.Classifier.from_workdir(str(trained_workdir))
+  name = ('Transformer', 'posembed_input', 'pos_embedding')
+  old, new = (np.asarray(c.variables['params'][name[0]][name[1]][name[2]][0])
+              for c in (trained, classifier))
+  d = old.shape[-1]
+  expected = pretrained.interpolate_over_time(old[1:].reshape(4, 16, d), 8)
+  np.testing.assert_allclose(new[0], old[0])  # The class token's position.
+  np.testing.assert_allclose(new[1:], expected.reshape(128, d), rtol=1e-6)

@@ -202,7 +202,7 @@ def test_bad_input_is_one_line_before_anything_compiles(tmp_path):
                     f'--workdir={tmp_path / "w"}')
   assert _one_line_error(pretrained) == (
       f'ConfigError: config.init_from.checkpoint_path: {missing} does not '
-      'exist. Give the path of a ViT .npz, a Hugging Face folder or a '
+      'exist. Give the path of a ViT .npz, a Hugging Face folder, a '
       'vivit-jax workdir or a Scenic checkpoint.')
   assert not (tmp_path / 'w' / 'checkpoints').exists()
 

@@ -40,10 +40,11 @@ def kind(dataset_configs: ml_collections.ConfigDict) -> str:
 
 
 def class_names(dataset_configs: ml_collections.ConfigDict) -> list[str]:
-  """The names of the classes in label order (numbers when not given)."""
+  """The names of the classes in label order (numbers when not given, or
+  for videos when `data_dir` is not set)."""
   if kind(dataset_configs) == 'medmnist':
     return medmnist.class_names(dataset_configs.dataset_name)
-  if kind(dataset_configs) == 'video':
+  if kind(dataset_configs) == 'video' and dataset_configs.get('data_dir'):
     return video_lists.read_lists(dataset_configs)[0]
   names = dataset_configs.get('class_names')
   return list(names) if names else [
