@@ -117,12 +117,12 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'train'
                 token_grid=token_grid, num_tokens=_product(token_grid),
                 num_classes=dataset.num_classes, class_names=class_names)
   _check_batch_sizes(config)
-  _check_init_from(config)
   if mode == 'model':
     config.lock()
     return Spec(**fields, notes=tuple(notes))
   if mode not in MODES:
     raise ValueError(f'Unknown mode {mode!r}: use one of {MODES}.')
+  _check_init_from(config)
   _check_augmentation(config)
   split_sizes = data.split_sizes(dataset)
   fields['split_sizes'] = split_sizes
