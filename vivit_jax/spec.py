@@ -3,10 +3,12 @@
 import ml_collections
 
 from vivit_jax.models import encoder
+from vivit_jax.models import vidtr
 from vivit_jax.models import vit
 from vivit_jax.models import vivit
+from vivit_jax.models import vtn
 
-MODEL_NAMES = ('vivit', 'vit', 'cnn3d')
+MODEL_NAMES = ('vivit', 'vit', 'cnn3d', 'vtn', 'vidtr')
 
 
 def config_error(field: str, problem: str, fix: str):
@@ -24,6 +26,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     config_error('model_dtype_str', f'unknown dtype {config.model_dtype_str!r}',
           "Use 'float32' or 'bfloat16'.")
   if name == 'cnn3d':
+    return
+  if name in ('vtn', 'vidtr'):  # Each model module checks its own fields.
+    {'vtn': vtn, 'vidtr': vidtr}[name].check_config(config)
     return
   attention_type = model.attention_config.type if name == 'vivit' else 'spacetime'
   if attention_type not in encoder.ATTENTION_TYPES:

@@ -47,6 +47,8 @@ def num_tokens(config: ml_collections.ConfigDict) -> int:
   spatial = (data.crop_size // fh) * (data.crop_size // fw)
   if config.get('model_name', 'vivit') == 'vit':
     return spatial
+  if config.model_name in ('vtn', 'vidtr'):  # Every frame's patches.
+    return data.num_frames * spatial
   encoding = model.temporal_encoding_config
   temporal = (encoding.n_sampled_frames if encoding.method == 'temporal_sampling'
               else data.num_frames // model.patches.size[2])

@@ -1,5 +1,6 @@
-"""The model families: `ViT` (images), `ViViT` (Models 1-4), the term
-project's `CNN3D`; `create_model(config)` builds the one a config names."""
+"""The model families: `ViT` (images), `ViViT` (Models 1-4), `VTN`,
+`VidTr`, the term project's `CNN3D`; `create_model(config)` builds the one a
+config names."""
 
 from typing import Optional
 
@@ -10,9 +11,11 @@ import ml_collections
 from vivit_jax.models.cnn3d import CNN3D
 from vivit_jax.models.vit import ViT
 from vivit_jax.models.vivit import ViViT
+from vivit_jax.models import vidtr
+from vivit_jax.models import vtn
 from vivit_jax import spec
 
-MODEL_NAMES = ('vivit', 'vit', 'cnn3d')
+MODEL_NAMES = ('vivit', 'vit', 'cnn3d', 'vtn', 'vidtr')
 
 
 def create_model(config: ml_collections.ConfigDict,
@@ -29,6 +32,8 @@ def create_model(config: ml_collections.ConfigDict,
   dtype = jnp.dtype(config.get('model_dtype_str', 'float32'))
   if name == 'cnn3d':
     return CNN3D(num_classes, axis_name=axis_name, dtype=dtype)
+  if name in ('vtn', 'vidtr'):
+    return {'vtn': vtn, 'vidtr': vidtr}[name].create(config)
   common = dict(
       num_classes=num_classes, hidden_size=model.hidden_size,
       num_layers=model.num_layers, num_heads=model.num_heads,
