@@ -252,34 +252,40 @@ for arg in ('vtn', 'vidtr'):
   assert shape == (28, 28, 28, 1), shape
   volumes = jax.random.normal(jax.random.key(0), (4,) + shape)
   labels = jnp.arange(4) % 2
-  params = model.init(jax.random.key(1), volumes[:1], train=False)['params']
+  params = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(
+      volumes[:1])['params']
   optimizer = optax.sgd(0.1, momentum=0.9)
 
   def loss_fn(params, x, y):
     logits = model.apply({'params': params}, x, train=True)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-  def step(params, opt_state, x, y, axis=None):
-    loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
-    if axis:
-      loss, grads = jax.lax.pmean((loss, grads), axis)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  def train(params, x, y, axis=None):
+    """Two steps; returns the parameters and the two losses."""
+    def step(state, _):
+      params, opt_state = state
+      loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+      if axis:
+        loss, grads = jax.lax.pmean((loss, grads), axis)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), loss
 
-  single = jax.jit(step)
-  sharded = jax.pmap(lambda *a: step(*a, axis='batch'), axis_name='batch')
-  p1, s1 = params, optimizer.init(params)
-  p4, s4 = flax.jax_utils.replicate((params, optimizer.init(params)))
-  losses = []
-  for _ in range(2):
-    p1, s1, loss1 = single(p1, s1, volumes, labels)
-    p4, s4, loss4 = sharded(p4, s4, volumes.reshape((4, 1) + shape),
-                            labels.reshape(4, 1))
-    losses.append(abs(float(loss1) - float(loss4[0])))
-  diff = jax.tree.map(lambda a, b: float(np.abs(a - b[0]).max()), p1, p4)
-  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), p1, params)
-  errors[arg] = {'loss': max(losses), 'params': max(jax.tree.leaves(diff)),
-                 'moved': max(jax.tree.leaves(moved))}
+    (params, _), losses = jax.lax.scan(
+        step, (params, optimizer.init(params)), None, length=2)
+    return params, losses
+
+  p1, loss1 = jax.jit(train)(params, volumes, labels)
+  p4, loss4 = jax.pmap(lambda *a: train(*a, axis='batch'), axis_name='batch')(
+      flax.jax_utils.replicate(params), volumes.reshape((4, 1) + shape),
+      labels.reshape(4, 1))
+  flat = lambda tree: np.concatenate(
+      [np.ravel(x) for x in jax.tree.leaves(jax.device_get(tree))])
+  start, single = flat(params), flat(p1)
+  sharded = flat(jax.tree.map(lambda x: x[0], p4))
+  errors[arg] = {
+      'loss': float(np.abs(np.asarray(loss1) - np.asarray(loss4)[0]).max()),
+      'params': float(np.abs(single - sharded).max()),
+      'moved': float(np.abs(single - start).max())}
 print(json.dumps(errors))
 '''
 
