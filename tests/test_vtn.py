@@ -125,6 +125,21 @@ def test_memory_is_linear_in_frames():
   assert _square_shapes(hlo, frames)
 
 
+def test_cost_analysis_counts_the_whole_band():
+  """Summary's GFLOPs come from XLA's cost analysis, which counts a loop's
+  body once; the band has no loop, so all its products are counted: the
+  scores and weighted sums of 3 w/2 band keys and [CLS] per frame, and of
+  all tokens for [CLS] (plus the softmax's element-wise work)."""
+  frames, heads, head_dim, window = 64, 2, 8, 8
+  q = jax.ShapeDtypeStruct((1, 1 + frames, heads, head_dim), jnp.float32)
+  flops = jax.jit(functools.partial(
+      longformer.sliding_window_attention, window=window)).lower(
+          q, q, q).cost_analysis()['flops']
+  keys = frames * (3 * window // 2 + 1) + (1 + frames)
+  products = 2 * 2 * keys * heads * head_dim  # Q K^T and A V, 2 FLOPs each.
+  assert products <= flops < 1.5 * products
+
+
 @pytest.mark.parametrize('position_embedding,invariant', [
     ('none', True), ('learned', False), ('sinusoidal', False)])
 def test_frame_positions(position_embedding, invariant):
