@@ -48,7 +48,7 @@ def _masked_attention(q, k, v, mask):
   return jnp.einsum('bhqk,bkhd->bqhd', weights, v)
 
 
-@pytest.mark.parametrize('frames,window', [(1, 2), (17, 6), (40, 8), (9, 32)])
+@pytest.mark.parametrize('frames,window', [(1, 2), (17, 6), (9, 32)])
 def test_sliding_window_is_full_attention_with_the_band_mask(frames, window):
   """Frames see frames within w/2 and [CLS]; [CLS] sees all (row and
   column 0 of the mask). Frames that do not fill the last block too."""
@@ -141,7 +141,7 @@ def test_cost_analysis_counts_the_whole_band():
 
 
 @pytest.mark.parametrize('position_embedding,invariant', [
-    ('none', True), ('learned', False), ('sinusoidal', False)])
+    ('none', True), ('sinusoidal', False)])
 def test_frame_positions(position_embedding, invariant):
   """Table 3's choices: without positions, and a window over all frames,
   VTN's output does not depend on the order of the frames."""

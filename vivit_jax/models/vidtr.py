@@ -102,8 +102,7 @@ class TemporalAttention(nn.Module):
                for name in ('query', 'key', 'value'))
     logits = jnp.einsum('bqhd,bkhd->bhqk', q, k).astype(jnp.float32)
     weights = jax.nn.softmax(logits * q.shape[-1]**-0.5, axis=-1)
-    dropped = nn.Dropout(self.dropout_rate, broadcast_dims=())(
-        weights, deterministic)
+    dropped = nn.Dropout(self.dropout_rate)(weights, deterministic)
     y = jnp.einsum('bhqk,bkhd->bqhd', dropped.astype(v.dtype), v)
     return dense(width, axis=(-2, -1), name='out')(y), weights
 
