@@ -9,7 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import adrenal
 from configs import common
+from configs import vidtr as vidtr_configs
+from configs import vtn as vtn_configs
 from tests.conftest import run_on_host_devices
 from tests.conftest import tiny_config
 from tests.test_models import _layer_norm
@@ -22,6 +25,7 @@ from tests.test_pretrained import _randomize
 from tests.test_pretrained import random_vit  # pylint: disable=unused-import
 from vivit_jax.models import vidtr
 from vivit_jax import spec
+from vivit_jax import summary
 
 jax.config.update('jax_default_matmul_precision', 'highest')
 
@@ -221,6 +225,22 @@ def test_config_errors_name_the_field(field, value, message):
   node[leaf] = value
   with pytest.raises(ValueError, match=f'config.model.[a-z_.]*{message}'):
     spec.validate_config(config)
+
+
+@pytest.mark.parametrize('config,frames', [
+    (vtn_configs.get_config('1layer'), 250),
+    (vtn_configs.get_config('3layer'), 250),
+    (vidtr_configs.get_config('s'), 8), (vidtr_configs.get_config('m'), 16),
+    (vidtr_configs.get_config('l'), 32),
+    (vidtr_configs.get_config('compact_s'), 8),
+    (vidtr_configs.get_config('compact_m'), 16),
+    (adrenal.get_config('vtn'), 28), (adrenal.get_config('vidtr'), 28)])
+def test_configs_are_valid(config, frames):
+  """The paper's and AdrenalMNIST3D's VTN and VidTr configs pass the check;
+  their patch tokens are all frames' patches."""
+  spec.validate_config(config)
+  size, patch = config.dataset_configs.crop_size, config.model.patches.size
+  assert summary.num_tokens(config) == frames * (size // patch[0]) ** 2
 
 
 _PARALLEL_SCRIPT = r'''
