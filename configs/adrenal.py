@@ -11,6 +11,15 @@ temporal layers, Model 3 4 blocks of factorised self-attention and Model 4
 4 layers whose heads attend half over space, half over time. All five
 models train alike: AdamW, 1 epoch of warm-up then cosine decay, batch 32,
 with the data set's label-preserving augmentation (`config_builders.augmentation`).
+
+VTN and VidTr at the same width (64, 4 heads, MLP 256, 4 layers, 7 x 7
+patches: 16 per slice), with the 28 slices as frames:
+
+  vtn    the 4-layer ViT on every slice, then 2 Longformer layers of window
+         8 (each slice sees 4 either side) with learned slice positions,
+         and the MLP head (64 hidden);
+  vidtr  C-VidTr: a 29 x 17 token grid, time down-sampled by topK_std to
+         14 slices in layer 1 and 7 in layer 2, as Table 1's schedules.
 """
 
 import ml_collections
@@ -25,7 +34,7 @@ VIVIT_MODELS = {
     'model3': ('factorized_self_attention_block', 'gap'),
     'model4': ('factorized_dot_product_attention', 'gap'),
 }
-ARGS = tuple(VIVIT_MODELS) + ('cnn3d',)
+ARGS = tuple(VIVIT_MODELS) + ('cnn3d', 'vtn', 'vidtr')
 
 
 def get_config(arg: str = 'model1') -> ml_collections.ConfigDict:
@@ -39,6 +48,20 @@ def get_config(arg: str = 'model1') -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict()
     # Ten times the cost of a step of the ViViTs here, so fewer epochs.
     num_training_epochs = 4
+  elif arg == 'vtn':
+    config.model_name = 'vtn'
+    config.model = config_builders.vtn_model(
+        hidden_size=64, num_layers=4, num_heads=4, mlp_dim=256,
+        patch_size=(7, 7), temporal_num_layers=2, attention_window=8,
+        max_frames=28, head_mlp_dim=64)
+    num_training_epochs = 20
+  elif arg == 'vidtr':
+    config.model_name = 'vidtr'
+    config.model = config_builders.vidtr_model(
+        hidden_size=64, num_layers=4, num_heads=4, mlp_dim=256,
+        patch_size=(7, 7), pooling='topk_std', pool_layers=(1, 2),
+        pool_frames=(14, 7))
+    num_training_epochs = 20
   else:
     attention_type, classifier = VIVIT_MODELS[arg]
     config.model_name = 'vivit'

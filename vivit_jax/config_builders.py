@@ -65,6 +65,83 @@ def vivit_model(hidden_size: int, num_layers: int, num_heads: int,
   return model
 
 
+def vtn_model(hidden_size: int, num_layers: int, num_heads: int,
+              mlp_dim: int, patch_size: Sequence[int], *,
+              temporal_num_layers: int, attention_window: int,
+              max_frames: int, head_mlp_dim: int
+              ) -> ml_collections.ConfigDict:
+  """`config.model` of a VTN (`vivit_jax.models.vtn`): a ViT backbone of
+  the given size, a Longformer as wide as it, and the MLP head.
+
+  Args:
+    patch_size: the backbone's (h, w).
+    temporal_num_layers: Longformer layers (the paper: 1 or 3).
+    attention_window: Longformer's window w (the paper: 32).
+    max_frames: rows of the learned frame-position table.
+    head_mlp_dim: the MLP head's hidden width.
+  """
+  model = ml_collections.ConfigDict()
+  model.hidden_size = hidden_size
+  model.num_layers = num_layers
+  model.num_heads = num_heads
+  model.mlp_dim = mlp_dim
+  model.patches = ml_collections.ConfigDict({'size': tuple(patch_size)})
+  model.representation_size = None
+  model.classifier = 'token'  # The frame feature is the [CLS] output.
+  model.gelu_approximate = True
+  model.dropout_rate = 0.0
+  model.attention_dropout_rate = 0.0
+  model.stochastic_droplayer_rate = 0.0
+  model.remat = False
+  # True: the backbone only extracts features (VTN Table 5); needs
+  # optimizer_configs.weight_decay = 0.
+  model.freeze_backbone = False
+  model.temporal_transformer = ml_collections.ConfigDict({
+      'num_layers': temporal_num_layers,
+      'num_heads': num_heads,
+      'mlp_dim': mlp_dim,
+      'attention_window': attention_window,
+      'position_embedding': 'learned',  # Or 'sinusoidal', 'none' (Table 3).
+      'max_frames': max_frames,
+      'attention_dropout_rate': 0.1,  # Section 4.1.
+  })
+  model.head = ml_collections.ConfigDict({'mlp_dim': head_mlp_dim,
+                                          'dropout_rate': 0.0})
+  return model
+
+
+def vidtr_model(hidden_size: int, num_layers: int, num_heads: int,
+                mlp_dim: int, patch_size: Sequence[int], *,
+                pooling: str = 'topk_std',
+                pool_layers: Sequence[int] = (),
+                pool_frames: Sequence[int] = ()
+                ) -> ml_collections.ConfigDict:
+  """`config.model` of a VidTr or C-VidTr (`vivit_jax.models.vidtr`).
+
+  Args:
+    patch_size: (s, s), the square patches of every frame.
+    pooling: C-VidTr's down-sampling: 'topk_std', 'avg' or 'conv'.
+    pool_layers, pool_frames: the layers that down-sample time and the
+      frames tau each keeps; empty for VidTr.
+  """
+  model = ml_collections.ConfigDict()
+  model.hidden_size = hidden_size
+  model.num_layers = num_layers
+  model.num_heads = num_heads
+  model.mlp_dim = mlp_dim
+  model.patches = ml_collections.ConfigDict({'size': tuple(patch_size)})
+  model.representation_size = None
+  model.gelu_approximate = True
+  model.dropout_rate = 0.0
+  model.attention_dropout_rate = 0.0
+  model.temporal_pooling = ml_collections.ConfigDict({
+      'method': pooling,
+      'layers': tuple(pool_layers),
+      'frames': tuple(pool_frames),
+  })
+  return model
+
+
 def medmnist_dataset(name: str, size: int = 28,
                      data_dir: Optional[str] = None
                      ) -> ml_collections.ConfigDict:
@@ -321,6 +398,24 @@ MODEL_DEFAULTS = {
     'cnn3d': {'features': (32, 64, 128)},
 }
 MODEL_DEFAULTS['vit'] = MODEL_DEFAULTS['vivit']
+_TRAINING_DEFAULTS = {
+    'representation_size': None, 'gelu_approximate': True,
+    'dropout_rate': 0.0, 'attention_dropout_rate': 0.0}
+MODEL_DEFAULTS['vtn'] = {
+    **_TRAINING_DEFAULTS, 'classifier': 'token',
+    'stochastic_droplayer_rate': 0.0, 'remat': False,
+    'freeze_backbone': False,
+    # num_heads and mlp_dim None: the backbone's.
+    'temporal_transformer': {'num_layers': 3, 'num_heads': None,
+                             'mlp_dim': None, 'attention_window': 32,
+                             'position_embedding': 'learned',
+                             'attention_dropout_rate': 0.1},
+    'head': {'dropout_rate': 0.0},
+}
+MODEL_DEFAULTS['vidtr'] = {
+    **_TRAINING_DEFAULTS,
+    'temporal_pooling': {'method': 'topk_std', 'layers': (), 'frames': ()},
+}
 
 
 def _merge(defaults: dict, values: dict) -> dict:

@@ -20,10 +20,12 @@ import ml_collections
 from vivit_jax import config_builders
 from vivit_jax import data
 from vivit_jax.models import encoder
+from vivit_jax.models import vidtr
 from vivit_jax.models import vit
 from vivit_jax.models import vivit
+from vivit_jax.models import vtn
 
-MODEL_NAMES = ('vivit', 'vit', 'cnn3d')
+MODEL_NAMES = ('vivit', 'vit', 'cnn3d', 'vtn', 'vidtr')
 MODES = ('model', 'train', 'eval')
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('cosine', 'constant')
@@ -46,10 +48,11 @@ class Spec:
 
   Attributes:
     config: the completed config, locked.
-    model_name: 'vivit', 'vit' or 'cnn3d'.
+    model_name: 'vivit', 'vit', 'cnn3d', 'vtn' or 'vidtr'.
     input_shape: one example, (T, H, W, C) ((H, W, C) for 'vit').
-    token_grid: (n_t, n_h, n_w) tokens of a video transformer, (n_h, n_w) of
-      a ViT, () for the CNN; class tokens not counted.
+    token_grid: (n_t, n_h, n_w) tokens of a video transformer (VTN and
+      VidTr: every frame's patches), (n_h, n_w) of a ViT, () for the CNN;
+      class tokens not counted.
     num_tokens: the product of `token_grid` (0 for the CNN).
     num_classes, class_names: the classes in label order.
     split_sizes: {'train', 'val', 'test'} -> examples; None in 'model' mode.
@@ -149,6 +152,11 @@ def _check_model(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   model, dataset, name = config.model, config.dataset_configs, config.model_name
   if name == 'cnn3d':
     return ()
+  if name in ('vtn', 'vidtr'):  # Each checks its own fields.
+    {'vtn': vtn, 'vidtr': vidtr}[name].check_config(config)
+    fh, fw = model.patches.size[:2]
+    return (dataset.num_frames, dataset.crop_size // fh,
+            dataset.crop_size // fw)
   attention_type = model.attention_config.type if name == 'vivit' else (
       'spacetime')
   _check_choice('model.attention_config.type', attention_type,

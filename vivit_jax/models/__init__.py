@@ -1,5 +1,6 @@
-"""The model families: `ViT` (images), `ViViT` (Models 1-4) and the term
-project's `CNN3D`; `create_model(config)` builds the one a config names.
+"""The model families: `ViT` (images), `ViViT` (Models 1-4), `VTN`,
+`VidTr` (and C-VidTr) and the term project's `CNN3D`; `create_model(config)`
+builds the one a config names.
 
 All take channels-last inputs, clips (batch, T, H, W, C) or images
 (batch, H, W, C), return float32 logits (batch, num_classes) and take
@@ -14,6 +15,8 @@ import ml_collections
 
 from vivit_jax.models.cnn3d import CNN3D
 from vivit_jax.models.vit import ViT
+from vivit_jax.models import vidtr
+from vivit_jax.models import vtn
 from vivit_jax.models.vivit import ViViT
 
 if TYPE_CHECKING:
@@ -38,6 +41,8 @@ def create_model(config: Union[ml_collections.ConfigDict, 'spec.Spec'],
   if spec.model_name == 'cnn3d':
     return CNN3D(spec.num_classes, features=tuple(model.features),
                  axis_name=axis_name, dtype=dtype)
+  if spec.model_name in ('vtn', 'vidtr'):
+    return {'vtn': vtn, 'vidtr': vidtr}[spec.model_name].create(config)
   common = dict(
       num_classes=spec.num_classes, hidden_size=model.hidden_size,
       num_layers=model.num_layers, num_heads=model.num_heads,

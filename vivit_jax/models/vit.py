@@ -45,6 +45,9 @@ class ViT(nn.Module):
   """Vision Transformer for images (Section 3.1), vision_transformer layout.
 
   Attributes:
+    num_classes: classes of the head; 0 leaves out the head (and
+      pre_logits): the model returns its pooled representation, as VTN's
+      per-frame backbone uses it.
     patch_size: (h, w).
     classifier: 'token' (z_cls^L) or 'gap' (mean of z^L).
 
@@ -68,7 +71,7 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """(batch, H, W, C) -> (batch, num_classes)."""
+    """(batch, H, W, C) -> (batch, num_classes), or (batch, hidden_size)."""
     fh, fw = self.patch_size[:2]
     x = nn.Conv(self.hidden_size, (fh, fw), strides=(fh, fw), padding='VALID',
                 dtype=self.dtype, name='embedding')(images)
@@ -82,5 +85,7 @@ class ViT(nn.Module):
         stochastic_droplayer_rate=self.stochastic_droplayer_rate,
         gelu_approximate=self.gelu_approximate, remat=self.remat,
         dtype=self.dtype, name='Transformer')(x, train=train)
+    if not self.num_classes:
+      return pool(x, self.classifier)
     return classify(pool(x, self.classifier), self.num_classes,
                      self.representation_size, 'head', self.dtype)

@@ -22,7 +22,8 @@ Its parameters map into every model:
     initialisation); Model 3's spatial attention takes the ViT's attention,
     and its temporal attention is copied too when `init_temporal_transformer`
     is set, or else zeroed at the output, so that Eq. 5 is a residual;
-  - the output layer is loaded when the class counts match.
+  - the output layer is loaded when the class counts match;
+  - VTN and VidTr map as `vtn_vidtr` describes.
 Every parameter of the model is loaded, reshaped or deliberately left at
 initialisation, and every array of the checkpoint is used or reported unused
 (`LoadReport`); a checkpoint that cannot map raises `CheckpointError` naming
@@ -183,10 +184,17 @@ def load_pretrained(config: ml_collections.ConfigDict, params
   target = {'/'.join(name): value for name, value in
             traverse_util.flatten_dict(params).items()}
   plan = _Plan(checkpoint, target)
-  _map_embedding(plan, init.kernel_init_method)
-  for encoder, grid in _token_grids(config).items():
-    _map_encoder(plan, encoder, grid, init)
-  _map_head(plan, init.restore_output_projection)
+  name = config.get('model_name', 'vivit')
+  if name in ('vtn', 'vidtr'):
+    # It builds on this module's functions, so it is imported here.
+    from vivit_jax.pretrained import vtn_vidtr  # pylint: disable=g-import-not-at-top
+    {'vtn': vtn_vidtr.map_vtn, 'vidtr': vtn_vidtr.map_vidtr}[name](plan,
+                                                                   config)
+  else:
+    _map_embedding(plan, init.kernel_init_method)
+    for encoder, grid in _token_grids(config).items():
+      _map_encoder(plan, encoder, grid, init)
+    _map_head(plan, init.restore_output_projection)
   report = plan.finish()
   report.notes = _notes(config, checkpoint)
   values = {tuple(name.split('/')): jnp.asarray(
