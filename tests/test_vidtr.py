@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import vivit_jax
+from vivit_jax import config_builders
 from tests.conftest import REPO
 from tests.conftest import run_on_host_devices
 from tests.conftest import tiny_config
@@ -253,6 +254,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import vivit_jax
+from vivit_jax import config_builders
 from vivit_jax import models
 from vivit_jax import spec
 
