@@ -190,7 +190,11 @@ def test_static_clip_backbone_features_are_the_vits(random_vit):
   head = {'kernel': vit_params['head/kernel'],
           'bias': vit_params['head/bias']}
   vit_model = vit.ViT(num_classes=5, patch_size=(4, 4), hidden_size=16,
-                      num_layers=2, num_heads=4, mlp_dim=32)
+                      num_layers=2, num_heads=4, mlp_dim=32, classifier='token',
+                      representation_size=None, dropout_rate=0.0,
+                      attention_dropout_rate=0.0,
+                      stochastic_droplayer_rate=0.0, gelu_approximate=True,
+                      remat=False, dtype=jnp.float32)
   tree = {tuple(name.split('/')): value for name, value in vit_params.items()}
   vit_logits = vit_model.apply(
       {'params': traverse_util.unflatten_dict(tree)}, image, train=False)

@@ -189,14 +189,14 @@ class VidTr(nn.Module):
   num_layers: int
   num_heads: int
   mlp_dim: int
-  pooling: str = 'topk_std'
-  pool_layers: Sequence[int] = ()
-  pool_frames: Sequence[int] = ()
-  representation_size: Optional[int] = None
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  gelu_approximate: bool = True
-  dtype: jnp.dtype = jnp.float32
+  pooling: str
+  pool_layers: Sequence[int]
+  pool_frames: Sequence[int]
+  representation_size: Optional[int]
+  dropout_rate: float
+  attention_dropout_rate: float
+  gelu_approximate: bool
+  dtype: jnp.dtype
 
   @nn.compact
   def __call__(self, clip: jnp.ndarray, *, train: bool) -> jnp.ndarray:

@@ -69,23 +69,23 @@ class VTN(nn.Module):
   num_layers: int
   num_heads: int
   mlp_dim: int
-  classifier: str = 'token'
-  freeze_backbone: bool = False
-  temporal_num_layers: int = 3
-  temporal_num_heads: int = 12
-  temporal_mlp_dim: int = 3072
-  attention_window: int = 32
-  position_embedding: str = 'learned'
-  max_frames: int = 0
-  temporal_attention_dropout_rate: float = 0.0
-  head_mlp_dim: int = 768
-  head_dropout_rate: float = 0.0
-  dropout_rate: float = 0.0
-  attention_dropout_rate: float = 0.0
-  stochastic_droplayer_rate: float = 0.0
-  gelu_approximate: bool = True
-  remat: bool = False
-  dtype: jnp.dtype = jnp.float32
+  classifier: str
+  freeze_backbone: bool
+  temporal_num_layers: int
+  temporal_num_heads: int
+  temporal_mlp_dim: int
+  attention_window: int
+  position_embedding: str
+  max_frames: int
+  temporal_attention_dropout_rate: float
+  head_mlp_dim: int
+  head_dropout_rate: float
+  dropout_rate: float
+  attention_dropout_rate: float
+  stochastic_droplayer_rate: float
+  gelu_approximate: bool
+  remat: bool
+  dtype: jnp.dtype
 
   def frame_features(self, clip: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     """(batch, T, H, W, C) -> (batch, T, d): the backbone on every frame."""
@@ -94,7 +94,8 @@ class VTN(nn.Module):
         num_classes=0, patch_size=self.patch_size,
         hidden_size=self.hidden_size, num_layers=self.num_layers,
         num_heads=self.num_heads, mlp_dim=self.mlp_dim,
-        classifier=self.classifier, dropout_rate=self.dropout_rate,
+        classifier=self.classifier, representation_size=None,
+        dropout_rate=self.dropout_rate,
         attention_dropout_rate=self.attention_dropout_rate,
         stochastic_droplayer_rate=self.stochastic_droplayer_rate,
         gelu_approximate=self.gelu_approximate, remat=self.remat,

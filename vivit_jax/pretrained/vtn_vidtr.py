@@ -1,5 +1,5 @@
 """Initialising VTN and VidTr from an image ViT checkpoint, with
-`mapping`'s machinery (`_Plan`, `LoadReport`).
+`mapping`'s functions and `plan.Plan`.
 
 VTN (Neimark et al., Section 4.1): the backbone takes the whole ViT but its
 head (and pre_logits): patch embedding (channels summed and patch resized
@@ -21,7 +21,9 @@ import functools
 import ml_collections
 import numpy as np
 
+from vivit_jax.pretrained import adapt
 from vivit_jax.pretrained import mapping
+from vivit_jax.pretrained import plan as plan_lib
 
 _FROM_SCRATCH = 'not in an image ViT: random, as the paper (Section 4.1)'
 
@@ -33,14 +35,14 @@ def _spatial_grid(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   return (1, size // fh, size // fw)
 
 
-def _needs_image_checkpoint(plan: mapping._Plan) -> bool:
+def _needs_image_checkpoint(plan: plan_lib.Plan) -> bool:
   if plan.checkpoint.is_video:
     plan.errors.append('VTN and VidTr initialise from image ViTs, and this '
                        'is a video checkpoint')
   return not plan.checkpoint.is_video
 
 
-def _merge(plan: mapping._Plan, sub: mapping._Plan, prefix: str) -> None:
+def _merge(plan: plan_lib.Plan, sub: plan_lib.Plan, prefix: str) -> None:
   """Moves what `sub` (a plan for the parameters under `prefix`, named
   without it) decided into `plan`."""
   plan.values.update({prefix + name: v for name, v in sub.values.items()})
@@ -54,16 +56,16 @@ def _merge(plan: mapping._Plan, sub: mapping._Plan, prefix: str) -> None:
   plan.errors += [prefix + error for error in sub.errors]
 
 
-def map_vtn(plan: mapping._Plan, config: ml_collections.ConfigDict) -> None:
+def map_vtn(plan: plan_lib.Plan, config: ml_collections.ConfigDict) -> None:
   """The ViT into VTN's `Backbone`; see the module doc."""
   if not _needs_image_checkpoint(plan):
     return
   init, prefix = config.init_from, 'Backbone/'
-  backbone = mapping._Plan(plan.checkpoint, {
+  backbone = plan_lib.Plan(plan.checkpoint, {
       name[len(prefix):]: value for name, value in plan.target.items()
       if name.startswith(prefix)})
-  mapping._map_embedding(backbone, init.kernel_init_method)
-  mapping._map_encoder(backbone, 'Transformer', _spatial_grid(config), init)
+  mapping.map_embedding(backbone, init.kernel_init_method)
+  mapping.map_encoder(backbone, 'Transformer', _spatial_grid(config), init)
   backbone.skip('pre_logits', "VTN's frame feature is the [CLS] output")
   backbone.skip('head', 'VTN classifies with its MLP head')
   _merge(plan, backbone, prefix)
@@ -85,13 +87,13 @@ def _repeated_over_rows(adapt, rows: int):
   return repeated
 
 
-def map_vidtr(plan: mapping._Plan, config: ml_collections.ConfigDict
+def map_vidtr(plan: plan_lib.Plan, config: ml_collections.ConfigDict
               ) -> None:
   """The ViT into VidTr; see the module doc."""
   if not _needs_image_checkpoint(plan):
     return
   init = config.init_from
-  mapping._map_embedding(plan, init.kernel_init_method)
+  mapping.map_embedding(plan, init.kernel_init_method)
   if 'cls' in plan.source:
     plan.load('cls', 'cls')
   else:
@@ -108,21 +110,21 @@ def map_vidtr(plan: mapping._Plan, config: ml_collections.ConfigDict
   else:
     initial = np.asarray(plan.target[name])
     plan.load(name, source_name, _repeated_over_rows(functools.partial(
-        mapping._adapt_posemb, source_grid=plan.checkpoint.grid,
+        adapt.adapt_posemb, source_grid=plan.checkpoint.grid,
         source_is_image=True, source_cls='cls' in plan.source,
         initial=initial[:, 0], grid=_spatial_grid(config), cls=True,
         size_change=init.positional_embed_size_change), initial.shape[1]))
 
-  layers = mapping._num_layers(plan.target, 'Transformer')
-  source_layers = mapping._num_layers(plan.source, 'Transformer')
+  layers = mapping.num_layers(plan.target, 'Transformer')
+  source_layers = mapping.num_layers(plan.source, 'Transformer')
   if layers != source_layers:
     plan.errors.append(f'Transformer: {layers} layers in the model, '
                        f'{source_layers} in the checkpoint')
     return
   for layer in range(layers):
     block = f'Transformer/encoderblock_{layer}'
-    mapping._map_block(plan, block, block, init_temporal=True)
+    mapping.map_block(plan, block, block, init_temporal=True)
     plan.keep(f'{block}/TemporalPool',
               "C-VidTr's temporal convolution, an average at initialisation")
   plan.load_tree('Transformer/encoder_norm', 'Transformer/encoder_norm')
-  mapping._map_head(plan, init.restore_output_projection)
+  mapping.map_head(plan, init.restore_output_projection)
