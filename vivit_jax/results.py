@@ -40,8 +40,8 @@ def summarize(spec: spec_lib.Spec, params, *, best_step: int, val: dict,
   }
   if test['predicted_classes'] == 1 and spec.num_classes > 1:
     warning = ('The model predicts a single class on every test example: its '
-               'ACC is the share of that class, and it has learnt nothing '
-               'that the threshold shows.')
+               "ACC is that class's share of the split, and only its AUC says "
+               'whether it ranks the examples at all.')
     logger.warning('%s', warning)
     results['warnings'].append(warning)
   if skipped:
