@@ -1,0 +1,103 @@
+"""The speed paths compute what the straightforward paths compute, to float32
+rounding: forward passes and gradients, and the same parameters."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vivit_jax.models import attention
+from vivit_jax.models import blocked_attention
+from vivit_jax.models import cnn3d
+from vivit_jax.models import embedding
+from vivit_jax.models import encoder
+from vivit_jax.models import self_attention
+from vivit_jax.models import vivit
+
+RTOL, ATOL = 2e-5, 2e-5
+
+
+def _close(actual, expected, rtol=RTOL, atol=ATOL):
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol,
+                               atol=atol)
+
+
+def _flax_attention(num_heads, dtype, dropout_rate, attention_fn, name):
+  return nn.MultiHeadDotProductAttention(
+      num_heads=num_heads, dtype=dtype, broadcast_dropout=False,
+      dropout_rate=dropout_rate, attention_fn=attention_fn,
+      kernel_init=nn.initializers.xavier_uniform(), name=name)
+
+
+@pytest.mark.parametrize('attention_fn', [
+    attention.dot_product_attention,
+    lambda q, k, v, **kw: attention.factorized_dot_product_attention(
+        q, k, v, temporal_dims=3, **kw)])
+def test_self_attention_equals_flax_module(attention_fn):
+  x = jax.random.normal(jax.random.key(0), (2, 12, 16))
+  fast = self_attention.MultiHeadSelfAttention(
+      num_heads=4, attention_fn=attention_fn)
+  reference = _flax_attention(4, jnp.float32, 0.0, attention_fn, None)
+  params = fast.init(jax.random.key(1), x)
+  # The same parameter tree, names, shapes and initial values.
+  _close(params, reference.init(jax.random.key(1), x), 0, 0)
+
+  def loss(module):
+    return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+
+  _close(fast.apply(params, x), reference.apply(params, x))
+  _close(jax.grad(loss(fast), argnums=(0, 1))(params, x),
+         jax.grad(loss(reference), argnums=(0, 1))(params, x))
+
+
+def test_self_attention_dropout_equals_flax_module():
+  x = jax.random.normal(jax.random.key(0), (2, 12, 16))
+  fast = self_attention.MultiHeadSelfAttention(num_heads=4, dropout_rate=0.3)
+  reference = _flax_attention(4, jnp.float32, 0.3,
+                              attention.dot_product_attention, None)
+  params = fast.init(jax.random.key(1), x)
+  rngs = {'dropout': jax.random.key(2)}
+  _close(fast.apply(params, x, deterministic=False, rngs=rngs),
+         reference.apply(params, x, deterministic=False, rngs=rngs))
+
+
+def test_heads_first_attention_equals_xla():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 50, 4, 8))
+
+  def loss(f):
+    return lambda q, k, v: jnp.sum(jnp.cos(f(q, k, v)))
+
+  _close(blocked_attention.dot_product_attention(q, k, v),
+         jax.nn.dot_product_attention(q, k, v))
+  _close(jax.grad(loss(blocked_attention.dot_product_attention),
+                  argnums=(0, 1, 2))(q, k, v),
+         jax.grad(loss(jax.nn.dot_product_attention),
+                  argnums=(0, 1, 2))(q, k, v))
+
+
+def _vivit():
+  return vivit.ViViT(num_classes=5, patch_size=(4, 4, 4), hidden_size=32,
+                     num_layers=2, num_heads=4, mlp_dim=64, classifier='gap',
+                     positional_embedding='sinusoidal_1d')
+
+
+def test_vivit_model1_equals_reference_path(monkeypatch):
+  """Model 1 with the speed paths against Flax's attention module and XLA's
+  attention and convolution, forward and gradients."""
+  model = _vivit()
+  clip = jax.random.normal(jax.random.key(0), (2, 8, 12, 12, 1))
+  params = model.init(jax.random.key(1), clip, train=False)
+
+  def loss(p, x):
+    return jnp.sum(jnp.sin(model.apply(p, x, train=True)))
+
+  fast = (model.apply(params, clip, train=False),
+          jax.grad(loss, argnums=(0, 1))(params, clip))
+  monkeypatch.setattr(encoder, '_self_attention', _flax_attention)
+  monkeypatch.setattr(embedding, 'FAST_PATCHES', False, raising=False)
+  with attention.xla_attention():
+    reference = (model.apply(params, clip, train=False),
+                 jax.grad(loss, argnums=(0, 1))(params, clip))
+  _close(fast, reference)
