@@ -101,3 +101,20 @@ def test_vivit_model1_equals_reference_path(monkeypatch):
     reference = (model.apply(params, clip, train=False),
                  jax.grad(loss, argnums=(0, 1))(params, clip))
   _close(fast, reference)
+
+
+@pytest.mark.parametrize('module,shape', [
+    (embedding.TubeletEmbedding(16, (4, 2, 3)), (2, 6, 8, 6, 3)),
+    (embedding.FrameSamplingEmbedding(16, (4, 2), 3), (2, 6, 8, 6, 3))])
+def test_patch_matmul_equals_convolution(monkeypatch, module, shape):
+  clip = jax.random.normal(jax.random.key(0), shape)
+  params = module.init(jax.random.key(1), clip)
+
+  def run(p, x):
+    y = module.apply(p, x)
+    return y, jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))),
+                       argnums=(0, 1))(p, x)
+
+  fast = run(params, clip)
+  monkeypatch.setattr(embedding, 'FAST_PATCHES', False)
+  _close(fast, run(params, clip))
