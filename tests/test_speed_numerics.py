@@ -118,3 +118,25 @@ def test_patch_matmul_equals_convolution(monkeypatch, module, shape):
   fast = run(params, clip)
   monkeypatch.setattr(embedding, 'FAST_PATCHES', False)
   _close(fast, run(params, clip))
+
+
+def test_cnn3d_equals_reference_path(monkeypatch):
+  """The 3D CNN's train-mode forward pass, batch statistics and gradients
+  against `nn.max_pool`."""
+  model = cnn3d.CNN3D(num_classes=3, features=(4, 8))
+  clip = jax.random.normal(jax.random.key(0), (2, 9, 8, 10, 1))
+  variables = model.init(jax.random.key(1), clip, train=False)
+
+  def run():
+    def loss(params, x):
+      logits, updates = model.apply(
+          {**variables, 'params': params}, x, train=True,
+          mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(logits)), (logits, updates)
+
+    return jax.grad(loss, argnums=(0, 1), has_aux=True)(
+        variables['params'], clip)
+
+  fast = run()
+  monkeypatch.setattr(cnn3d, 'FAST_PATHS', False)
+  _close(fast, run())
