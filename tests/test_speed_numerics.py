@@ -140,3 +140,25 @@ def test_cnn3d_equals_reference_path(monkeypatch):
   fast = run()
   monkeypatch.setattr(cnn3d, 'FAST_PATHS', False)
   _close(fast, run())
+
+
+@pytest.mark.parametrize('shape,window,padding', [
+    ((2, 6, 5, 7, 3), (3, 3, 3), ((1, 1),) * 3),
+    ((2, 6, 5, 7, 1), (3, 2, 3), ((0, 0), (1, 0), (2, 1))),
+    ((3, 9, 8, 2), (3, 3), ((1, 1), (1, 1)))])
+def test_unfolded_conv_equals_lax(shape, window, padding):
+  n = len(window)
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), (*window, shape[-1], 4))
+  numbers = jax.lax.conv_dimension_numbers(
+      x.shape, w.shape, ('N' + 'DHW'[-n:] + 'C', 'DHW'[-n:] + 'IO',
+                         'N' + 'DHW'[-n:] + 'C'))
+
+  def run(conv):
+    f = lambda x, w: conv(x, w, (1,) * n, padding,
+                          dimension_numbers=numbers)
+    return f(x, w), jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))),
+                             argnums=(0, 1))(x, w)
+
+  _close(run(cnn3d.unfolded_conv), run(jax.lax.conv_general_dilated),
+         rtol=1e-4, atol=1e-4)
