@@ -143,7 +143,13 @@ def _scope(op_name: str) -> str:
   keep = [p for p in parts[:3] if p[:1].isupper() or p.startswith('encoder')]
   if not keep:
     return 'optimizer/metrics/other' if 'jvp(' not in op_name else direction
-  return f"{direction} {'/'.join(keep[-2:])}"
+  scope = f"{direction} {'/'.join(keep[-2:])}"
+  if 'DotProductAttention' in scope:
+    # The softmax attention (a loop over blocks of heads on CPUs) apart from
+    # the projections and layout changes around it.
+    scope += (' (softmax attention)' if '/while/' in op_name
+              else ' (projections)')
+  return scope
 
 
 def matmul_peak_flops(size: int = 1024, repeats: int = 10) -> float:
