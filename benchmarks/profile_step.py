@@ -16,10 +16,13 @@ line is one JSON object with the totals.
   python -m benchmarks.profile_step --config=configs/termproject_vivit1.py
   python -m benchmarks.profile_step --config=configs/termproject_cnn3d.py
 
-Times are thread-time: the XLA:CPU runtime runs independent thunks on its
-threads at once, so the sum over ops can exceed the step's wall time, and an
-op's FLOP/s is compared with the peak of one core (the measured peak over the
-number of cores).
+Times are the durations of the ops' trace events, summed: the XLA:CPU
+runtime runs independent thunks on its threads at once, so the sum can exceed
+the step's wall time. An op's GFLOP/s is its FLOPs over its summed event
+time, compared with the matmul peak of the whole machine: a matmul that runs
+on all cores inside one event can reach 100%, a single-threaded op at most
+1 / cores of it. Other load on the machine stretches events (a descheduled
+thread's op takes longer), so take figures from a quiet machine.
 """
 
 import collections
@@ -49,6 +52,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 3, 'Untimed steps.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Traced steps.')
 _TOP = flags.DEFINE_integer('top', 15, 'Instructions listed.')
+_SCOPE = flags.DEFINE_string(
+    'scope', '', 'List only the instructions of scopes containing this.')
+_PEAK_GFLOPS = flags.DEFINE_float(
+    'peak_gflops', 0.0, 'The matmul peak to compare with, GFLOP/s; 0: '
+    'measure it here (the best of 20 float32 1024^3 matmuls), which other '
+    'load on the machine lowers.')
 
 _INSTRUCTION = re.compile(
     r'^\s*(?:ROOT )?%(?P<name>[\w.\-]+) = (?P<shape>.*?) '
@@ -152,8 +161,8 @@ def _scope(op_name: str) -> str:
   return scope
 
 
-def matmul_peak_flops(size: int = 1024, repeats: int = 10) -> float:
-  """FLOP/s of a float32 size^3 matmul on the default device (median)."""
+def matmul_peak_flops(size: int = 1024, repeats: int = 20) -> float:
+  """FLOP/s of a float32 size^3 matmul on the default device (the best)."""
   a = jnp.ones((size, size), jnp.float32)
   matmul = jax.jit(lambda x, y: x @ y)
   jax.block_until_ready(matmul(a, a))
@@ -162,7 +171,7 @@ def matmul_peak_flops(size: int = 1024, repeats: int = 10) -> float:
     start = time.perf_counter()
     jax.block_until_ready(matmul(a, a))
     seconds.append(time.perf_counter() - start)
-  return 2.0 * size**3 / statistics.median(seconds)
+  return 2.0 * size**3 / min(seconds)
 
 
 def trace_events(run_step, steps: int, directory: str) -> tuple[dict, list]:
@@ -220,7 +229,6 @@ def _table(rows, header):
 def summarise(result: dict, peak: float, config) -> str:
   ops, cores = result['ops'], len(os.sched_getaffinity(0))
   total_ms = sum(op['ms'] for op in ops)
-  core_peak = peak / cores
 
   def group(key):
     sums = collections.defaultdict(lambda: [0.0, 0.0])
@@ -232,17 +240,16 @@ def summarise(result: dict, peak: float, config) -> str:
   def rate(ms, flops):
     if not flops:
       return ''
-    return f'{flops / ms / 1e6:.0f} ({100 * flops / ms / 1e-3 / core_peak:.0f}%)'
+    return f'{flops / ms / 1e6:.0f} ({100 * flops / ms / 1e-3 / peak:.0f}%)'
 
   out = [f"Train step of `{config.experiment_name}`, batch "
          f"{config.batch_size}: {result['step_s'] * 1e3:.1f} ms wall per step "
          f"({config.batch_size / result['step_s']:.1f} samples/s), "
          f"{total_ms:.1f} ms thread-time in XLA ops; matmul peak "
-         f"{peak / 1e9:.0f} GFLOP/s on {cores} cores "
-         f"({core_peak / 1e9:.0f} per core); load average "
+         f"{peak / 1e9:.0f} GFLOP/s on {cores} cores; load average "
          f"{os.getloadavg()[0]:.2f}.", '']
   header = ('thread-ms / step', 'share', 'GFLOP / step',
-            "GFLOP/s (of a core's peak)")
+            "GFLOP/s (of the peak)")
   for key in ('scope', 'kind'):
     out.append(_table([(name, f'{ms:.1f}', f'{100 * ms / total_ms:.0f}%',
                         f'{flops / 1e9:.2f}' if flops else '',
@@ -250,16 +257,17 @@ def summarise(result: dict, peak: float, config) -> str:
                        for name, (ms, flops) in group(key)], (key,) + header))
     out.append('')
   rows = []
-  for op in sorted(ops, key=lambda op: -op['ms'])[:_TOP.value]:
+  listed = [op for op in ops if _SCOPE.value in op['scope']]
+  for op in sorted(listed, key=lambda op: -op['ms'])[:_TOP.value]:
     rate = op['flops'] / (op['ms'] / 1e3) if op['flops'] else None
     rows.append((op['name'], op['kind'], op['scope'], f"{op['runs']:g}",
                  f"{op['ms']:.2f}",
                  f"{op['flops'] / 1e9:.3f}" if op['flops'] else '',
-                 f'{rate / 1e9:.0f} ({100 * rate / core_peak:.0f}%)'
+                 f'{rate / 1e9:.0f} ({100 * rate / peak:.0f}%)'
                  if rate else ''))
   out.append(_table(rows, ('instruction', 'kind', 'scope', 'runs / step',
                            'thread-ms / step', 'GFLOP / step',
-                           "GFLOP/s (of a core's peak)")))
+                           "GFLOP/s (of the peak)")))
   return '\n'.join(out)
 
 
@@ -268,7 +276,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   load_before = os.getloadavg()
-  peak = matmul_peak_flops()
+  peak = _PEAK_GFLOPS.value * 1e9 or matmul_peak_flops()
   result = profile(config)
   print(summarise(result, peak, config))
   by_kind = collections.Counter()
