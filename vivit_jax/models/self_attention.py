@@ -69,14 +69,14 @@ class MultiHeadSelfAttention(nn.Module):
 
   Attributes:
     num_heads: heads; d must be a multiple.
-    dropout_rate: attention dropout on the weights (Flax's semantics).
+    dropout_rate: attention dropout on the weights, drawn by `attention_fn`
+      with the module's 'dropout' key as Flax's module draws it.
     attention_fn: as Flax's: (batch, N, heads, head_dim) arrays in and out.
     kernel_init, bias_init: the projections' initialisers.
   """
   num_heads: int
   dtype: jnp.dtype = jnp.float32
   dropout_rate: float = 0.0
-  broadcast_dropout: bool = False
   attention_fn: Callable = attention.dot_product_attention
   kernel_init: Callable = nn.initializers.xavier_uniform()
   bias_init: Callable = nn.initializers.zeros_init()
