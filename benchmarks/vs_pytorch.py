@@ -1,14 +1,23 @@
-"""vivit-jax against a PyTorch eager ViViT: training samples/s on a CPU.
+"""vivit-jax against PyTorch eager: training samples/s on a CPU.
 
-Trains the term project's ViViT Model 1 (configs/termproject.py:vivit1: its
-Sections II and III.C; tubelet 4x4x4 on 28^3 volumes, width 64, 8 heads, 6
-layers, batch 16, AdamW) in one process: vivit-jax's train step
-(`bench.compile_train_step`) and the PyTorch model below, written for this
-comparison, on the same synthetic batch shapes and the same CPU threads.
-Rounds of steps alternate between the two, so that both see the same machine
-load; each step is timed to its end and the figures are medians over the
-timed steps. The last line printed is one JSON object with
-`jax_samples_per_s`, `torch_samples_per_s` and `ratio` (JAX over PyTorch).
+Trains, in one process, the term project's ViViT Model 1
+(configs/termproject.py:vivit1: its Sections II and III.C; tubelet 4x4x4 on
+28^3 volumes, width 64, 8 heads, 6 layers, batch 16, AdamW) and its 3D CNN
+(configs/termproject.py:cnn3d: three Conv3D-BatchNorm-ReLU-MaxPool blocks of
+32, 64 and 128 filters, batch 16, AdamW): vivit-jax's train step
+(`bench.compile_train_step`) and the PyTorch models below, written for this
+comparison, on the same synthetic batch shapes and the same number of CPU
+threads. Rounds of steps alternate between the two, so that both see the same
+machine load; each step is timed to its end and the figures are medians over
+the timed steps.
+
+The load average (1 minute) is recorded before and after. Other processes
+competing for the cores distort both figures and their ratio, so where either
+exceeds the number of cores the run is marked `"quiet": false` and a line says
+that its figures are not for the README. The last line printed is one JSON
+object: `jax_samples_per_s`, `torch_samples_per_s`, `ratio` (JAX over
+PyTorch, ViViT), `cnn_jax_samples_per_s`, `cnn_torch_samples_per_s`,
+`cnn_ratio`, `load_average_before`, `load_average_after`, `quiet`.
 
   pip install -e '.[bench]'   # PyTorch's CPU build.
   python -m benchmarks.vs_pytorch [--config=configs/termproject.py:vivit1]
@@ -30,12 +39,19 @@ from torch import nn
 from vivit_jax import bench
 from vivit_jax.models import embedding
 from vivit_jax import models
-from vivit_jax import train
+from vivit_jax import spec as spec_lib
+from vivit_jax import steps
+from vivit_jax import summary
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', 'configs/termproject.py:vivit1',
     'A ViViT Model 1 config with GAP and a sinusoidal position code.',
     lock_config=True)
+_CNN_CONFIG = config_flags.DEFINE_config_file(
+    'cnn_config', 'configs/termproject.py:cnn3d', 'The 3D CNN config.',
+    lock_config=True)
+_MODELS = flags.DEFINE_list('models', ['vivit', 'cnn3d'],
+                            'Which comparisons to run.')
 _WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 2,
                                      'Untimed steps of each, first.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Rounds of alternating steps.')
@@ -93,6 +109,27 @@ class ViViTModel1(nn.Module):
     return self.head(x.mean(dim=1))
 
 
+class CNN3D(nn.Module):
+  """`vivit_jax.models.CNN3D`: Conv3D(k3, padding 1) -> BatchNorm -> ReLU ->
+  MaxPool(2) blocks, global average pooling, a linear head. Clips (batch, C,
+  D, H, W)."""
+
+  def __init__(self, config, features=(32, 64, 128)):
+    super().__init__()
+    layers, channels = [], config.dataset_configs.num_channels
+    for width in features:
+      # Flax's momentum 0.9 keeps 0.9 of the running average: PyTorch's 0.1.
+      layers += [nn.Conv3d(channels, width, 3, padding=1),
+                 nn.BatchNorm3d(width, eps=1e-5, momentum=0.1), nn.ReLU(),
+                 nn.MaxPool3d(2)]
+      channels = width
+    self.features = nn.Sequential(*layers)
+    self.head = nn.Linear(channels, config.dataset_configs.num_classes)
+
+  def forward(self, clips: torch.Tensor) -> torch.Tensor:
+    return self.head(self.features(clips).mean(dim=(2, 3, 4)))
+
+
 def check_supported(config) -> None:
   """Raises ValueError if the PyTorch model is not `config`'s model."""
   model = config.model
@@ -113,10 +150,19 @@ def check_supported(config) -> None:
                        f'implements {supported!r} only.')
 
 
-def torch_train_step(config, batch: dict):
+def check_supported_cnn(config) -> None:
+  """Raises ValueError if the PyTorch CNN is not `config`'s model."""
+  for field, supported in (('model_name', 'cnn3d'), ('optimizer', 'adamw'),
+                           ('model_dtype_str', 'float32')):
+    if config.get(field) != supported:
+      raise ValueError(f'config.{field} is {config.get(field)!r}; the PyTorch '
+                       f'reference implements {supported!r} only.')
+
+
+def torch_train_step(config, batch: dict, model_class=ViViTModel1):
   """A function running one AdamW step of the PyTorch model on `batch`
   (channels-first), and the model."""
-  model = ViViTModel1(config).train()
+  model = model_class(config).train()
   options = config.optimizer_configs
   optimizer = torch.optim.AdamW(
       model.parameters(), lr=config.lr_configs.base_learning_rate,
@@ -133,31 +179,28 @@ def torch_train_step(config, batch: dict):
   return run_step, model
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
-  check_supported(config)
-  threads = len(os.sched_getaffinity(0))
-  torch.set_num_threads(threads)  # XLA's CPU client uses a thread per core.
+def compare(config, model_class) -> dict:
+  """Alternating rounds of vivit-jax's and PyTorch's train steps of
+  `config`'s model: their samples/s (medians) and the steps timed."""
+  spec = spec_lib.check_config(config, mode='model')
+  config = spec.config
   torch.manual_seed(config.rng_seed)
-
-  model = models.create_model(config, axis_name=train.AXIS)
-  run_jax_step, compile_seconds = bench.compile_train_step(config, model)
+  model = models.create_model(spec, axis_name=steps.AXIS)
+  run_jax_step, compile_seconds = bench.compile_train_step(spec, model)
   batch = jax.tree.map(np.asarray, bench.synthetic_batch(
-      config, config.batch_size))
+      spec, config.batch_size))
   run_torch_step, torch_model = torch_train_step(config, {
       # (devices, B / devices, T, H, W, C) -> (B, C, T, H, W).
       'inputs': torch.tensor(np.moveaxis(
           batch['inputs'].reshape(-1, *batch['inputs'].shape[2:]), -1, 1)),
-      'labels': torch.tensor(batch['labels'].reshape(-1), dtype=torch.long)})
-  jax_params = bench.num_params(model, config)
+      'labels': torch.tensor(batch['labels'].reshape(-1), dtype=torch.long)},
+      model_class)
+  jax_params = summary.num_params(summary.abstract_variables(model, spec))
   torch_params = sum(p.numel() for p in torch_model.parameters())
   if torch_params != jax_params:
     raise AssertionError(f'PyTorch has {torch_params} parameters, vivit-jax '
                          f'{jax_params}: the models differ.')
 
-  load_before = os.getloadavg()
   bench.time_steps(run_jax_step, _WARMUP_STEPS.value)
   bench.time_steps(run_torch_step, _WARMUP_STEPS.value)
   jax_seconds, torch_seconds = [], []
@@ -166,21 +209,48 @@ def main(argv):
     torch_seconds += bench.time_steps(run_torch_step, _STEPS_PER_ROUND.value)
   jax_samples_per_s = config.batch_size / statistics.median(jax_seconds)
   torch_samples_per_s = config.batch_size / statistics.median(torch_seconds)
-  print(json.dumps({
-      'jax_samples_per_s': jax_samples_per_s,
-      'torch_samples_per_s': torch_samples_per_s,
-      'ratio': jax_samples_per_s / torch_samples_per_s,
-      'params': jax_params,
-      'batch_size': config.batch_size,
+  return {'jax_samples_per_s': jax_samples_per_s,
+          'torch_samples_per_s': torch_samples_per_s,
+          'ratio': jax_samples_per_s / torch_samples_per_s,
+          'params': jax_params, 'jax_compile_s': compile_seconds,
+          'timed_steps': len(jax_seconds)}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  threads = len(os.sched_getaffinity(0))
+  torch.set_num_threads(threads)  # XLA's CPU client uses a thread per core.
+  runs = {'vivit': (_CONFIG.value, ViViTModel1, check_supported, ''),
+          'cnn3d': (_CNN_CONFIG.value, CNN3D, check_supported_cnn, 'cnn_')}
+  for name in _MODELS.value:
+    if name not in runs:
+      raise app.UsageError(f'--models: {name!r} is not one of {list(runs)}.')
+    runs[name][2](runs[name][0])
+
+  load_before = os.getloadavg()
+  results = {'batch_size': _CONFIG.value.batch_size}
+  for name in _MODELS.value:
+    config, model_class, _, prefix = runs[name]
+    figures = compare(config, model_class)
+    print(f'{name}: {json.dumps(figures)}', flush=True)
+    results.update({prefix + key: value for key, value in figures.items()})
+  load_after = os.getloadavg()
+  quiet = max(load_before[0], load_after[0]) <= threads
+  if not quiet:
+    print(f'NOT FOR THE README: the load average ({load_before[0]:.2f} before, '
+          f'{load_after[0]:.2f} after) exceeded the {threads} cores; other '
+          'processes competed for them. Rerun on a quiet machine.')
+  results.update({
       'threads': threads,
-      'timed_steps': len(jax_seconds),
-      'jax_compile_s': compile_seconds,
       'load_average_before': load_before[0],
-      'load_average_after': os.getloadavg()[0],
+      'load_average_after': load_after[0],
+      'quiet': quiet,
       'cpu': platform.processor() or platform.machine(),
       'jax': jax.__version__,
       'torch': torch.__version__,
-  }))
+  })
+  print(json.dumps(results))
 
 
 if __name__ == '__main__':

@@ -80,6 +80,27 @@ def _attend_backward(rows, heads_per_block, residuals, d_out):
 _attend.defvjp(_attend_forward, _attend_backward)
 
 
+def heads_first_attention(query: jnp.ndarray, key: jnp.ndarray,
+                          value: jnp.ndarray) -> jnp.ndarray:
+  """Softmax(Q K^T / sqrt(d)) V of each of a batch of heads, in float32.
+
+  Args:
+    query, key, value: (batch * heads, N, head_dim).
+
+  Returns:
+    (batch * heads, N, head_dim), in the query's dtype.
+  """
+  heads, n, head_dim = query.shape
+  rows = max(1, min(n, BLOCK_BYTES // (4 * n)))
+  num_blocks = -(-n // rows)
+  heads_per_block = max(1, min(heads, BLOCK_BYTES // (4 * n * rows)))
+  q = query.astype(jnp.float32) * head_dim**-0.5
+  q = jnp.pad(q, ((0, 0), (0, num_blocks * rows - n), (0, 0)))
+  out = _attend(q, key.astype(jnp.float32), value.astype(jnp.float32), rows,
+                heads_per_block)[:, :n]
+  return out.astype(query.dtype)
+
+
 def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray,
                           value: jnp.ndarray) -> jnp.ndarray:
   """Softmax(Q K^T / sqrt(d)) V over the token axis, in float32.
@@ -91,17 +112,10 @@ def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray,
     (batch, N, heads, head_dim), in the query's dtype.
   """
   batch, n, heads, head_dim = query.shape
-  rows = max(1, min(n, BLOCK_BYTES // (4 * n)))
-  num_blocks = -(-n // rows)
-  heads_per_block = max(1, min(batch * heads, BLOCK_BYTES // (4 * n * rows)))
 
   def heads_first(x):  # (batch, N, heads, d) -> (batch * heads, N, d)
-    x = x.astype(jnp.float32).transpose(0, 2, 1, 3)
-    return x.reshape(batch * heads, n, head_dim)
+    return x.transpose(0, 2, 1, 3).reshape(batch * heads, n, head_dim)
 
-  q = heads_first(query) * head_dim**-0.5
-  q = jnp.pad(q, ((0, 0), (0, num_blocks * rows - n), (0, 0)))
-  out = _attend(q, heads_first(key), heads_first(value), rows,
-                heads_per_block)[:, :n]
-  out = out.reshape(batch, heads, n, head_dim).transpose(0, 2, 1, 3)
-  return out.astype(query.dtype)
+  out = heads_first_attention(heads_first(query), heads_first(key),
+                              heads_first(value))
+  return out.reshape(batch, heads, n, head_dim).transpose(0, 2, 1, 3)

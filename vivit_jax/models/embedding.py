@@ -11,6 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Patch projections as one matmul over unfolded patches instead of a strided
+# convolution: the same function; False gives the convolution (for tests).
+FAST_PATCHES = True
+
 
 def _patch_projection(module: nn.Module, x: jnp.ndarray,
                       patch: Sequence[int], hidden_size: int,
@@ -25,6 +29,18 @@ def _patch_projection(module: nn.Module, x: jnp.ndarray,
   kernel = module.param('kernel', kernel_init,
                         (*patch, x.shape[-1], hidden_size))
   bias = module.param('bias', nn.initializers.zeros, (hidden_size,))
+  if FAST_PATCHES:
+    # The patches as rows of one matmul: (batch, n_1, p_1, ..., n_k, p_k, C)
+    # contracted with the kernel over (p_1, ..., p_k, C). XLA:CPU runs this
+    # several times faster than the strided convolution, same sums.
+    batch, *spatial, channels = x.shape
+    split = [d for size, p in zip(spatial, patch) for d in (size // p, p)]
+    x = x.astype(dtype).reshape(batch, *split, channels)
+    k = len(patch)
+    grid, inner = 'PQR'[:k], 'pqr'[:k]
+    tiled = ''.join(g + i for g, i in zip(grid, inner))
+    y = jnp.einsum(f'n{tiled}c,{inner}co->n{grid}o', x, kernel.astype(dtype))
+    return y + bias.astype(dtype)
   spec = 'N' + 'DHW'[-len(patch):] + 'C'
   y = jax.lax.conv_general_dilated(
       x.astype(dtype), kernel.astype(dtype), window_strides=tuple(patch),

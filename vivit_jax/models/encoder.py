@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from vivit_jax.models import attention
 from vivit_jax.models import embedding
+from vivit_jax.models import self_attention
 
 ATTENTION_TYPES = ('spacetime', 'factorized_encoder',
                    'factorized_self_attention_block',
@@ -74,10 +75,12 @@ class MlpBlock(nn.Module):
 
 
 def _self_attention(num_heads, dtype, dropout_rate, attention_fn, name):
-  return nn.MultiHeadDotProductAttention(
-      num_heads=num_heads, dtype=dtype, broadcast_dropout=False,
-      dropout_rate=dropout_rate, attention_fn=attention_fn,
-      kernel_init=nn.initializers.xavier_uniform(), name=name)
+  """`nn.MultiHeadDotProductAttention`'s function and parameters, with one
+  QKV matmul (see `self_attention`)."""
+  return self_attention.MultiHeadSelfAttention(
+      num_heads=num_heads, dtype=dtype, dropout_rate=dropout_rate,
+      attention_fn=attention_fn, kernel_init=nn.initializers.xavier_uniform(),
+      name=name)
 
 
 class EncoderBlock(nn.Module):

@@ -1,0 +1,164 @@
+"""The speed paths compute what the straightforward paths compute, to float32
+rounding: forward passes and gradients, and the same parameters."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vivit_jax.models import attention
+from vivit_jax.models import blocked_attention
+from vivit_jax.models import cnn3d
+from vivit_jax.models import embedding
+from vivit_jax.models import encoder
+from vivit_jax.models import self_attention
+from vivit_jax.models import vivit
+
+RTOL, ATOL = 2e-5, 2e-5
+
+
+def _close(actual, expected, rtol=RTOL, atol=ATOL):
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=rtol,
+                               atol=atol)
+
+
+def _flax_attention(num_heads, dtype, dropout_rate, attention_fn, name):
+  return nn.MultiHeadDotProductAttention(
+      num_heads=num_heads, dtype=dtype, broadcast_dropout=False,
+      dropout_rate=dropout_rate, attention_fn=attention_fn,
+      kernel_init=nn.initializers.xavier_uniform(), name=name)
+
+
+@pytest.mark.parametrize('attention_fn', [
+    attention.dot_product_attention,
+    lambda q, k, v, **kw: attention.factorized_dot_product_attention(
+        q, k, v, temporal_dims=3, **kw)])
+def test_self_attention_equals_flax_module(attention_fn):
+  x = jax.random.normal(jax.random.key(0), (2, 12, 16))
+  fast = self_attention.MultiHeadSelfAttention(
+      num_heads=4, attention_fn=attention_fn)
+  reference = _flax_attention(4, jnp.float32, 0.0, attention_fn, None)
+  params = fast.init(jax.random.key(1), x)
+  # The same parameter tree, names, shapes and initial values.
+  _close(params, reference.init(jax.random.key(1), x), 0, 0)
+
+  def loss(module):
+    return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+
+  _close(fast.apply(params, x), reference.apply(params, x))
+  _close(jax.grad(loss(fast), argnums=(0, 1))(params, x),
+         jax.grad(loss(reference), argnums=(0, 1))(params, x))
+
+
+def test_self_attention_dropout_equals_flax_module():
+  x = jax.random.normal(jax.random.key(0), (2, 12, 16))
+  fast = self_attention.MultiHeadSelfAttention(num_heads=4, dropout_rate=0.3)
+  reference = _flax_attention(4, jnp.float32, 0.3,
+                              attention.dot_product_attention, None)
+  params = fast.init(jax.random.key(1), x)
+  rngs = {'dropout': jax.random.key(2)}
+  _close(fast.apply(params, x, deterministic=False, rngs=rngs),
+         reference.apply(params, x, deterministic=False, rngs=rngs))
+
+
+def test_heads_first_attention_equals_xla():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 50, 4, 8))
+
+  def loss(f):
+    return lambda q, k, v: jnp.sum(jnp.cos(f(q, k, v)))
+
+  _close(blocked_attention.dot_product_attention(q, k, v),
+         jax.nn.dot_product_attention(q, k, v))
+  _close(jax.grad(loss(blocked_attention.dot_product_attention),
+                  argnums=(0, 1, 2))(q, k, v),
+         jax.grad(loss(jax.nn.dot_product_attention),
+                  argnums=(0, 1, 2))(q, k, v))
+
+
+def _vivit():
+  return vivit.ViViT(num_classes=5, patch_size=(4, 4, 4), hidden_size=32,
+                     num_layers=2, num_heads=4, mlp_dim=64, classifier='gap',
+                     positional_embedding='sinusoidal_1d')
+
+
+def test_vivit_model1_equals_reference_path(monkeypatch):
+  """Model 1 with the speed paths against Flax's attention module and XLA's
+  attention and convolution, forward and gradients."""
+  model = _vivit()
+  clip = jax.random.normal(jax.random.key(0), (2, 8, 12, 12, 1))
+  params = model.init(jax.random.key(1), clip, train=False)
+
+  def loss(p, x):
+    return jnp.sum(jnp.sin(model.apply(p, x, train=True)))
+
+  fast = (model.apply(params, clip, train=False),
+          jax.grad(loss, argnums=(0, 1))(params, clip))
+  monkeypatch.setattr(encoder, '_self_attention', _flax_attention)
+  monkeypatch.setattr(embedding, 'FAST_PATCHES', False, raising=False)
+  with attention.xla_attention():
+    reference = (model.apply(params, clip, train=False),
+                 jax.grad(loss, argnums=(0, 1))(params, clip))
+  _close(fast, reference)
+
+
+@pytest.mark.parametrize('module,shape', [
+    (embedding.TubeletEmbedding(16, (4, 2, 3)), (2, 6, 8, 6, 3)),
+    (embedding.FrameSamplingEmbedding(16, (4, 2), 3), (2, 6, 8, 6, 3))])
+def test_patch_matmul_equals_convolution(monkeypatch, module, shape):
+  clip = jax.random.normal(jax.random.key(0), shape)
+  params = module.init(jax.random.key(1), clip)
+
+  def run(p, x):
+    y = module.apply(p, x)
+    return y, jax.grad(lambda p, x: jnp.sum(jnp.sin(module.apply(p, x))),
+                       argnums=(0, 1))(p, x)
+
+  fast = run(params, clip)
+  monkeypatch.setattr(embedding, 'FAST_PATCHES', False)
+  _close(fast, run(params, clip))
+
+
+def test_cnn3d_equals_reference_path(monkeypatch):
+  """The 3D CNN's train-mode forward pass, batch statistics and gradients
+  against `nn.max_pool`."""
+  model = cnn3d.CNN3D(num_classes=3, features=(4, 8))
+  clip = jax.random.normal(jax.random.key(0), (2, 9, 8, 10, 1))
+  variables = model.init(jax.random.key(1), clip, train=False)
+
+  def run():
+    def loss(params, x):
+      logits, updates = model.apply(
+          {**variables, 'params': params}, x, train=True,
+          mutable=['batch_stats'])
+      return jnp.sum(jnp.sin(logits)), (logits, updates)
+
+    return jax.grad(loss, argnums=(0, 1), has_aux=True)(
+        variables['params'], clip)
+
+  fast = run()
+  monkeypatch.setattr(cnn3d, 'FAST_PATHS', False)
+  _close(fast, run())
+
+
+@pytest.mark.parametrize('shape,window,padding', [
+    ((2, 6, 5, 7, 3), (3, 3, 3), ((1, 1),) * 3),
+    ((2, 6, 5, 7, 1), (3, 2, 3), ((0, 0), (1, 0), (2, 1))),
+    ((3, 9, 8, 2), (3, 3), ((1, 1), (1, 1)))])
+def test_unfolded_conv_equals_lax(shape, window, padding):
+  n = len(window)
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), (*window, shape[-1], 4))
+  numbers = jax.lax.conv_dimension_numbers(
+      x.shape, w.shape, ('N' + 'DHW'[-n:] + 'C', 'DHW'[-n:] + 'IO',
+                         'N' + 'DHW'[-n:] + 'C'))
+
+  def run(conv):
+    f = lambda x, w: conv(x, w, (1,) * n, padding,
+                          dimension_numbers=numbers)
+    return f(x, w), jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))),
+                             argnums=(0, 1))(x, w)
+
+  _close(run(cnn3d.unfolded_conv), run(jax.lax.conv_general_dilated),
+         rtol=1e-4, atol=1e-4)
