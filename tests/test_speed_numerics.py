@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conftest import tiny_config
+from vivit_jax import models
 from vivit_jax.models import attention
 from vivit_jax.models import blocked_attention
 from vivit_jax.models import cnn3d
 from vivit_jax.models import embedding
 from vivit_jax.models import encoder
 from vivit_jax.models import self_attention
-from vivit_jax.models import vivit
 
 RTOL, ATOL = 2e-5, 2e-5
 
@@ -78,9 +79,11 @@ def test_heads_first_attention_equals_xla():
 
 
 def _vivit():
-  return vivit.ViViT(num_classes=5, patch_size=(4, 4, 4), hidden_size=32,
-                     num_layers=2, num_heads=4, mlp_dim=64, classifier='gap',
-                     positional_embedding='sinusoidal_1d')
+  config = tiny_config(classifier='gap', size=12, num_frames=8,
+                       patch_size=(4, 4, 4), num_classes=5)
+  config.model.update(hidden_size=32, mlp_dim=64,
+                      positional_embedding='sinusoidal_1d')
+  return models.create_model(config)
 
 
 def test_vivit_model1_equals_reference_path(monkeypatch):
@@ -123,7 +126,8 @@ def test_patch_matmul_equals_convolution(monkeypatch, module, shape):
 def test_cnn3d_equals_reference_path(monkeypatch):
   """The 3D CNN's train-mode forward pass, batch statistics and gradients
   against `nn.max_pool`."""
-  model = cnn3d.CNN3D(num_classes=3, features=(4, 8))
+  model = cnn3d.CNN3D(num_classes=3, features=(4, 8), axis_name=None,
+                      dtype=jnp.float32)
   clip = jax.random.normal(jax.random.key(0), (2, 9, 8, 10, 1))
   variables = model.init(jax.random.key(1), clip, train=False)
 

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+from typing import Iterator
 
 import pandas as pd
 import tensorboardX
@@ -80,7 +81,9 @@ class Progress:
 
   Samples/s and the ETA leave out the time spent in `paused()` (validation,
   checkpoints); `seconds()` counts everything since the run's first start.
-  Only process 0 writes.
+  The share of the window spent waiting for the input pipeline (batches
+  taken through `waiting_for`) is logged as `train/input_wait_share`. Only
+  process 0 writes.
   """
 
   def __init__(self, workdir: str, start_step: int, total_steps: int,
@@ -92,6 +95,18 @@ class Progress:
     self._total_steps, self._batch_size = total_steps, batch_size
     self._start = self._window_start = time.time()
     self._window_first_step, self._paused = start_step, 0.0
+    self._waiting = 0.0
+
+  def waiting_for(self, batches: Iterator[dict]) -> Iterator[dict]:
+    """`batches`, timing how long each takes to arrive."""
+    while True:
+      start = time.time()
+      try:
+        batch = next(batches)
+      except StopIteration:
+        return
+      self._waiting += time.time() - start
+      yield batch
 
   def seconds(self) -> float:
     return float(self._seconds_before + time.time() - self._start)
@@ -99,8 +114,8 @@ class Progress:
   def log_train(self, step: int, computed: dict[str, float],
                 learning_rate: float, epoch: float) -> None:
     """Logs the training metrics of the steps since the last call."""
-    steps_per_s = (step - self._window_first_step) / max(
-        time.time() - self._window_start - self._paused, 1e-9)
+    window = max(time.time() - self._window_start - self._paused, 1e-9)
+    steps_per_s = (step - self._window_first_step) / window
     logger.info(
         'step %d/%d (epoch %.2f) | loss %.4f | accuracy %.4f | lr %.3g | '
         '%.1f samples/s | ETA %s', step, self._total_steps, epoch,
@@ -111,9 +126,11 @@ class Progress:
         **{f'train/{name}': value for name, value in computed.items()},
         'train/learning_rate': learning_rate,
         'train/samples_per_second': steps_per_s * self._batch_size,
+        'train/input_wait_share': min(self._waiting / window, 1.0),
         'train/seconds': self.seconds()})
     self._window_start, self._window_first_step, self._paused = (
         time.time(), step, 0.0)
+    self._waiting = 0.0
 
   def write(self, step: int, scalars: dict[str, float]) -> None:
     if self._writer:

@@ -192,7 +192,8 @@ def _train(spec: spec_lib.Spec, model, source, state: steps.TrainState,
   train_metrics = None
   with _stop_signals() as received, contextlib.closing(
       pipeline.train_batches(source, start)) as batches:
-    for step, batch in zip(range(start + 1, spec.total_steps + 1), batches):
+    for step, batch in zip(range(start + 1, spec.total_steps + 1),
+                           progress.waiting_for(batches)):
       state, update = train_step(state, batch, rngs)
       train_metrics = update if train_metrics is None else (
           train_metrics.merge(update))
