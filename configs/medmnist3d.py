@@ -10,7 +10,7 @@ changes: its class count and the flips that keep its labels. ViViT Model 1
 (joint space-time attention) of width 64, 4 heads, 4 layers, on tubelets of
 4 x 4 x 4 voxels (343 tokens at 28^3), global average pooling; AdamW at
 1e-3 with weight decay 0.05, 2 epochs of warm-up then cosine decay, batch
-32, 40 epochs; shifts, label-preserving flips and intensity jitter, label
+32, 20 epochs; shifts, label-preserving flips and intensity jitter, label
 smoothing 0.1, stochastic depth 0.1. The checkpoint kept as best is the one
 with the highest validation AUC; the test split is read once, by it.
 """
@@ -41,7 +41,7 @@ def get_config(dataset: str = 'adrenalmnist3d') -> ml_collections.ConfigDict:
   config.augmentation.max_shift = size // 8
   config.augmentation.label_smoothing = 0.1
   config.update(config_builders.training(
-      'adamw', base_learning_rate=1e-3, batch_size=32, num_training_epochs=40,
+      'adamw', base_learning_rate=1e-3, batch_size=32, num_training_epochs=20,
       warmup_epochs=2.0, weight_decay=0.05))
   config.eval_batch_size = 64
   config.checkpoint_metric = 'auc'
