@@ -22,12 +22,15 @@ from vivit_jax.data import medmnist
 
 # Every config file and its arguments (None: get_config() without one).
 CONFIGS = {
-    'adrenal.py': ('model1', 'model2', 'model3', 'model4', 'cnn3d'),
+    'adrenal.py': ('model1', 'model2', 'model3', 'model4', 'cnn3d', 'vtn',
+                   'vidtr'),
     'adrenal_deit.py': ('central_frame', 'average_frame', 'random'),
     'medmnist3d.py': ('adrenalmnist3d', 'organmnist3d', 'vesselmnist3d'),
     'termproject.py': ('vivit1', 'vivit2', 'cnn3d'),
     'tiny.py': (None,),
     'video_tiny.py': (None,),
+    'vidtr.py': ('s', 'm', 'l', 'compact_s', 'compact_m'),
+    'vtn.py': ('1layer', '3layer'),
     'vivit_b.py': (None, 'kinetics400', 'video'),
 }
 
