@@ -4,7 +4,7 @@
   params, report = pretrained.load_pretrained(config, params)
   logging.info('%s', report)
 
-The checkpoint (read by `checkpoint_io`) is an image ViT or a trained ViViT.
+The checkpoint (read by `readers`) is an image ViT or a trained ViViT.
 Its parameters map into every model:
   - the patch embedding E: a 2D kernel becomes a tubelet kernel by
     `adapt.inflate_kernel` ('central_frame', Eq. 9, or 'average_frame', Eq. 8) or
