@@ -5,7 +5,7 @@ Every reader returns a `Checkpoint` whose parameters follow this project's
 names: `models.ViT`'s for image checkpoints (embedding, cls,
 Transformer/{posembed_input, encoderblock_N, encoder_norm}, pre_logits, head)
 and `models.ViViT`'s for video ones (output_projection instead of head;
-Model 2 has SpatialTransformer and TemporalTransformer). `pretrained.py` maps
+Model 2 has SpatialTransformer and TemporalTransformer). `mapping` maps
 them into a model.
 """
 
