@@ -24,45 +24,97 @@ from ml_collections import config_dict
 from vivit_jax.data import medmnist
 
 
+OPTIMIZER_DEFAULTS = {
+    'sgd': {'momentum': 0.9, 'weight_decay': 0.0},
+    'adamw': {'beta1': 0.9, 'beta2': 0.999, 'epsilon': 1e-8,
+              'weight_decay': 0.0},
+}
+
+# The model fields a config may leave out, for each model family.
+MODEL_DEFAULTS = {
+    'vivit': {
+        'patches': {'size': (16, 16, 2)},
+        'representation_size': None,
+        'classifier': 'token',
+        'positional_embedding': 'learned_1d',
+        'gelu_approximate': True,  # tanh GELU, as ViT and Scenic.
+        'dropout_rate': 0.0,
+        'attention_dropout_rate': 0.0,
+        'stochastic_droplayer_rate': 0.0,
+        # Recompute each encoder block in the backward pass: memory for
+        # compute.
+        'remat': False,
+        'attention_config': {'type': 'spacetime',
+                             'attention_order': 'space_time'},
+        'temporal_encoding_config': {'method': '3d_conv',
+                                     'n_sampled_frames': 0},
+        # num_heads and mlp_dim None: the spatial encoder's.
+        'temporal_transformer': {'num_layers': 4, 'num_heads': None,
+                                 'mlp_dim': None},
+    },
+    'cnn3d': {'features': (32, 64, 128)},
+}
+MODEL_DEFAULTS['vit'] = MODEL_DEFAULTS['vivit']
+_TRAINING_DEFAULTS = {
+    'representation_size': None, 'gelu_approximate': True,
+    'dropout_rate': 0.0, 'attention_dropout_rate': 0.0}
+MODEL_DEFAULTS['vtn'] = {
+    **_TRAINING_DEFAULTS, 'classifier': 'token',
+    'stochastic_droplayer_rate': 0.0, 'remat': False,
+    # True: the backbone only extracts features (VTN Table 5); needs
+    # optimizer_configs.weight_decay = 0.
+    'freeze_backbone': False,
+    # num_heads and mlp_dim None: the backbone's.
+    'temporal_transformer': {'num_layers': 3, 'num_heads': None,
+                             'mlp_dim': None, 'attention_window': 32,
+                             # Or 'sinusoidal', 'none' (Table 3).
+                             'position_embedding': 'learned',
+                             'attention_dropout_rate': 0.1},  # Sec. 4.1.
+    'head': {'dropout_rate': 0.0},
+}
+MODEL_DEFAULTS['vidtr'] = {
+    **_TRAINING_DEFAULTS,
+    'temporal_pooling': {'method': 'topk_std', 'layers': (), 'frames': ()},
+}
+
+
+def _merge(defaults: dict, values: dict) -> dict:
+  """`values` over `defaults`, recursively; keys of either are kept."""
+  merged = copy.deepcopy(defaults)
+  for key, value in values.items():
+    if isinstance(value, dict) and isinstance(merged.get(key), dict):
+      merged[key] = _merge(merged[key], value)
+    else:
+      merged[key] = value
+  return merged
+
+
+_VIVIT = MODEL_DEFAULTS['vivit']
+_VIDTR_POOLING = MODEL_DEFAULTS['vidtr']['temporal_pooling']
+
+
 def vivit_model(hidden_size: int, num_layers: int, num_heads: int,
                 mlp_dim: int, patch_size: Sequence[int],
-                attention_type: str = 'spacetime', classifier: str = 'token',
-                temporal_num_layers: int = 4) -> ml_collections.ConfigDict:
-  """`config.model` of a ViViT, in Scenic's layout.
+                attention_type: str = _VIVIT['attention_config']['type'],
+                classifier: str = _VIVIT['classifier'],
+                temporal_num_layers: int = _VIVIT['temporal_transformer'][
+                    'num_layers']) -> ml_collections.ConfigDict:
+  """`config.model` of a ViViT, in Scenic's layout; the fields not given
+  here at their `MODEL_DEFAULTS`.
 
   Args:
     patch_size: tubelet (h, w, t), Scenic's `patches.size`.
-    temporal_num_layers: L_t, the depth of Model 2's temporal encoder.
+    temporal_num_layers: L_t, the depth of Model 2's temporal encoder, whose
+      heads and MLP are the spatial encoder's.
   """
-  model = ml_collections.ConfigDict()
-  model.hidden_size = hidden_size
-  model.num_layers = num_layers
-  model.num_heads = num_heads
-  model.mlp_dim = mlp_dim
-  model.patches = ml_collections.ConfigDict({'size': tuple(patch_size)})
-  model.representation_size = None
-  model.classifier = classifier
-  model.positional_embedding = 'learned_1d'
-  model.gelu_approximate = True  # tanh GELU, as ViT and Scenic.
-  model.dropout_rate = 0.0
-  model.attention_dropout_rate = 0.0
-  model.stochastic_droplayer_rate = 0.0
-  # Recompute each encoder block in the backward pass: memory for compute.
-  model.remat = False
-  model.attention_config = ml_collections.ConfigDict({
-      'type': attention_type,
-      'attention_order': 'space_time',
-  })
-  model.temporal_encoding_config = ml_collections.ConfigDict({
-      'method': '3d_conv',
-      'n_sampled_frames': 0,
-  })
-  model.temporal_transformer = ml_collections.ConfigDict({
-      'num_layers': temporal_num_layers,
-      'num_heads': num_heads,
-      'mlp_dim': mlp_dim,
-  })
-  return model
+  return ml_collections.ConfigDict(_merge(_VIVIT, {
+      'hidden_size': hidden_size, 'num_layers': num_layers,
+      'num_heads': num_heads, 'mlp_dim': mlp_dim,
+      'patches': {'size': tuple(patch_size)}, 'classifier': classifier,
+      'attention_config': {'type': attention_type},
+      'temporal_transformer': {'num_layers': temporal_num_layers,
+                               'num_heads': num_heads, 'mlp_dim': mlp_dim},
+  }))
 
 
 def vtn_model(hidden_size: int, num_layers: int, num_heads: int,
@@ -71,7 +123,8 @@ def vtn_model(hidden_size: int, num_layers: int, num_heads: int,
               max_frames: int, head_mlp_dim: int
               ) -> ml_collections.ConfigDict:
   """`config.model` of a VTN (`vivit_jax.models.vtn`): a ViT backbone of
-  the given size, a Longformer as wide as it, and the MLP head.
+  the given size, a Longformer as wide as it, and the MLP head; the fields
+  not given here at their `MODEL_DEFAULTS`.
 
   Args:
     patch_size: the backbone's (h, w).
@@ -80,43 +133,26 @@ def vtn_model(hidden_size: int, num_layers: int, num_heads: int,
     max_frames: rows of the learned frame-position table.
     head_mlp_dim: the MLP head's hidden width.
   """
-  model = ml_collections.ConfigDict()
-  model.hidden_size = hidden_size
-  model.num_layers = num_layers
-  model.num_heads = num_heads
-  model.mlp_dim = mlp_dim
-  model.patches = ml_collections.ConfigDict({'size': tuple(patch_size)})
-  model.representation_size = None
-  model.classifier = 'token'  # The frame feature is the [CLS] output.
-  model.gelu_approximate = True
-  model.dropout_rate = 0.0
-  model.attention_dropout_rate = 0.0
-  model.stochastic_droplayer_rate = 0.0
-  model.remat = False
-  # True: the backbone only extracts features (VTN Table 5); needs
-  # optimizer_configs.weight_decay = 0.
-  model.freeze_backbone = False
-  model.temporal_transformer = ml_collections.ConfigDict({
-      'num_layers': temporal_num_layers,
-      'num_heads': num_heads,
-      'mlp_dim': mlp_dim,
-      'attention_window': attention_window,
-      'position_embedding': 'learned',  # Or 'sinusoidal', 'none' (Table 3).
-      'max_frames': max_frames,
-      'attention_dropout_rate': 0.1,  # Section 4.1.
-  })
-  model.head = ml_collections.ConfigDict({'mlp_dim': head_mlp_dim,
-                                          'dropout_rate': 0.0})
-  return model
+  return ml_collections.ConfigDict(_merge(MODEL_DEFAULTS['vtn'], {
+      'hidden_size': hidden_size, 'num_layers': num_layers,
+      'num_heads': num_heads, 'mlp_dim': mlp_dim,
+      'patches': {'size': tuple(patch_size)},
+      'temporal_transformer': {
+          'num_layers': temporal_num_layers, 'num_heads': num_heads,
+          'mlp_dim': mlp_dim, 'attention_window': attention_window,
+          'max_frames': max_frames},
+      'head': {'mlp_dim': head_mlp_dim},
+  }))
 
 
 def vidtr_model(hidden_size: int, num_layers: int, num_heads: int,
                 mlp_dim: int, patch_size: Sequence[int], *,
-                pooling: str = 'topk_std',
-                pool_layers: Sequence[int] = (),
-                pool_frames: Sequence[int] = ()
+                pooling: str = _VIDTR_POOLING['method'],
+                pool_layers: Sequence[int] = _VIDTR_POOLING['layers'],
+                pool_frames: Sequence[int] = _VIDTR_POOLING['frames']
                 ) -> ml_collections.ConfigDict:
-  """`config.model` of a VidTr or C-VidTr (`vivit_jax.models.vidtr`).
+  """`config.model` of a VidTr or C-VidTr (`vivit_jax.models.vidtr`); the
+  fields not given here at their `MODEL_DEFAULTS`.
 
   Args:
     patch_size: (s, s), the square patches of every frame.
@@ -124,22 +160,13 @@ def vidtr_model(hidden_size: int, num_layers: int, num_heads: int,
     pool_layers, pool_frames: the layers that down-sample time and the
       frames tau each keeps; empty for VidTr.
   """
-  model = ml_collections.ConfigDict()
-  model.hidden_size = hidden_size
-  model.num_layers = num_layers
-  model.num_heads = num_heads
-  model.mlp_dim = mlp_dim
-  model.patches = ml_collections.ConfigDict({'size': tuple(patch_size)})
-  model.representation_size = None
-  model.gelu_approximate = True
-  model.dropout_rate = 0.0
-  model.attention_dropout_rate = 0.0
-  model.temporal_pooling = ml_collections.ConfigDict({
-      'method': pooling,
-      'layers': tuple(pool_layers),
-      'frames': tuple(pool_frames),
-  })
-  return model
+  return ml_collections.ConfigDict(_merge(MODEL_DEFAULTS['vidtr'], {
+      'hidden_size': hidden_size, 'num_layers': num_layers,
+      'num_heads': num_heads, 'mlp_dim': mlp_dim,
+      'patches': {'size': tuple(patch_size)},
+      'temporal_pooling': {'method': pooling, 'layers': tuple(pool_layers),
+                           'frames': tuple(pool_frames)},
+  }))
 
 
 def medmnist_dataset(name: str, size: int = 28,
@@ -356,12 +383,6 @@ def training(optimizer: str, base_learning_rate: float, batch_size: int,
   return config
 
 
-OPTIMIZER_DEFAULTS = {
-    'sgd': {'momentum': 0.9, 'weight_decay': 0.0},
-    'adamw': {'beta1': 0.9, 'beta2': 0.999, 'epsilon': 1e-8,
-              'weight_decay': 0.0},
-}
-
 # Every top-level field a config may leave out. The training fields are
 # `training`'s defaults for AdamW at 1e-3, batch 32, 10 epochs.
 DEFAULTS = {
@@ -374,60 +395,6 @@ DEFAULTS = {
     **training('adamw', base_learning_rate=1e-3, batch_size=32,
                num_training_epochs=10).to_dict(),
 }
-
-# The model fields a config may leave out, for each model family.
-MODEL_DEFAULTS = {
-    'vivit': {
-        'patches': {'size': (16, 16, 2)},
-        'representation_size': None,
-        'classifier': 'token',
-        'positional_embedding': 'learned_1d',
-        'gelu_approximate': True,
-        'dropout_rate': 0.0,
-        'attention_dropout_rate': 0.0,
-        'stochastic_droplayer_rate': 0.0,
-        'remat': False,
-        'attention_config': {'type': 'spacetime',
-                             'attention_order': 'space_time'},
-        'temporal_encoding_config': {'method': '3d_conv',
-                                     'n_sampled_frames': 0},
-        # num_heads and mlp_dim None: the spatial encoder's.
-        'temporal_transformer': {'num_layers': 4, 'num_heads': None,
-                                 'mlp_dim': None},
-    },
-    'cnn3d': {'features': (32, 64, 128)},
-}
-MODEL_DEFAULTS['vit'] = MODEL_DEFAULTS['vivit']
-_TRAINING_DEFAULTS = {
-    'representation_size': None, 'gelu_approximate': True,
-    'dropout_rate': 0.0, 'attention_dropout_rate': 0.0}
-MODEL_DEFAULTS['vtn'] = {
-    **_TRAINING_DEFAULTS, 'classifier': 'token',
-    'stochastic_droplayer_rate': 0.0, 'remat': False,
-    'freeze_backbone': False,
-    # num_heads and mlp_dim None: the backbone's.
-    'temporal_transformer': {'num_layers': 3, 'num_heads': None,
-                             'mlp_dim': None, 'attention_window': 32,
-                             'position_embedding': 'learned',
-                             'attention_dropout_rate': 0.1},
-    'head': {'dropout_rate': 0.0},
-}
-MODEL_DEFAULTS['vidtr'] = {
-    **_TRAINING_DEFAULTS,
-    'temporal_pooling': {'method': 'topk_std', 'layers': (), 'frames': ()},
-}
-
-
-def _merge(defaults: dict, values: dict) -> dict:
-  """`values` over `defaults`, recursively; keys of either are kept."""
-  merged = copy.deepcopy(defaults)
-  for key, value in values.items():
-    if isinstance(value, dict) and isinstance(merged.get(key), dict):
-      merged[key] = _merge(merged[key], value)
-    else:
-      merged[key] = value
-  return merged
-
 
 def with_defaults(config: ml_collections.ConfigDict
                   ) -> tuple[ml_collections.ConfigDict, list[str]]:
