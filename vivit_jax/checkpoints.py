@@ -79,8 +79,7 @@ def open_manager(workdir: str) -> ocp.CheckpointManager:
     FileNotFoundError: `workdir` holds no checkpoint.
   """
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory) or not ocp.CheckpointManager(
-      directory).all_steps():
+  if not saved_steps(workdir):
     raise FileNotFoundError(
         f'No checkpoints in {directory}: train first with '
         f'`run.py --workdir={workdir}`, or pass the workdir of a run.')
