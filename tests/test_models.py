@@ -11,6 +11,7 @@ import pytest
 from vivit_jax.models import attention
 from vivit_jax.models import embedding
 from vivit_jax.models import encoder
+from vivit_jax.models import stem
 from vivit_jax import models
 from tests.conftest import tiny_config
 
@@ -68,6 +69,36 @@ def test_tubelet_embedding_is_patch_extraction_and_matrix_product():
   expected = patches @ kernel + params['params']['bias']
   assert tokens.shape == (b, t // ft, h // fh, w // fw, d)
   np.testing.assert_allclose(tokens, expected, atol=1e-5)
+
+
+def test_conv_stem_is_convolution_layer_norm_gelu_max_pool():
+  clip = _normal(0, (2, 4, 8, 8, 3))
+  module = stem.ConvStem((5, 6))
+  params = _randomize(module.init(jax.random.key(0), clip))
+  x = clip
+  for level in range(2):
+    conv = params['params'][f'Conv_{level}']
+    x = jax.lax.conv_general_dilated(
+        x, conv['kernel'], (1, 1, 1), [(1, 1)] * 3,
+        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC')) + conv['bias']
+    x = nn.gelu(_layer_norm(params['params'][f'LayerNorm_{level}'], x),
+                approximate=False)
+    x = nn.max_pool(x, (2, 2, 2), strides=(2, 2, 2))
+  assert x.shape == (2, 1, 2, 2, 6)
+  np.testing.assert_allclose(module.apply(params, clip), x, atol=1e-5)
+
+
+def test_vivit_with_a_stem_tokenises_the_stem_output():
+  config = tiny_config(size=16, num_frames=8)
+  config.model.stem_features = (4,)
+  model = models.create_model(config)
+  clip = _normal(0, (2, 8, 16, 16, 1))
+  params = model.init(jax.random.key(0), clip, train=False)['params']
+  assert params['embedding']['kernel'].shape == (2, 4, 4, 4, 16)
+  # (8 / 2 / 2) x (16 / 2 / 4)^2 tokens and the class token.
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (
+      1, 1 + 2 * 2 * 2, 16)
+  assert model.apply({'params': params}, clip, train=False).shape == (2, 3)
 
 
 def test_uniform_frame_sampling_is_per_frame_patch_embedding():
@@ -313,6 +344,8 @@ def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
     ({'type': 'factorized_self_attention_block'}, 'config.model.classifier'),
     ({'type': 'divided_space_time'}, 'config.model.attention_config.type'),
     ({'classifier': 'gmp'}, 'config.model.classifier'),
+    ({'stem_features': (4, 4, 4, 4)}, 'config.model.stem_features'),
+    ({'stem_features': (4, 4)}, 'config.model.patches.size'),
 ])
 def test_invalid_configs_name_the_field(change, field):
   config = tiny_config()
@@ -321,6 +354,7 @@ def test_invalid_configs_name_the_field(change, field):
   model.num_heads = change.get('num_heads', model.num_heads)
   model.hidden_size = change.get('hidden_size', model.hidden_size)
   model.classifier = change.get('classifier', model.classifier)
+  model.stem_features = change.get('stem_features', ())
   model.attention_config.type = change.get('type', model.attention_config.type)
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):
     models.create_model(config)

@@ -46,6 +46,9 @@ MODEL_DEFAULTS = {
         'remat': False,
         'attention_config': {'type': 'spacetime',
                              'attention_order': 'space_time'},
+        # Filters of a convolutional stem's levels before the tubelets
+        # (`models/stem.py`); () for none, as Scenic's ViViT.
+        'stem_features': (),
         'temporal_encoding_config': {'method': '3d_conv',
                                      'n_sampled_frames': 0},
         # num_heads and mlp_dim None: the spatial encoder's.

@@ -168,12 +168,14 @@ def _check_model(config: ml_collections.ConfigDict) -> tuple[int, ...]:
     config_error('model.num_heads', f'{model.num_heads} heads do not divide '
                  f'hidden_size {model.hidden_size}',
                  'Choose a head count that divides the width.')
+  size, frames = _check_stem(config)
   fh, fw = model.patches.size[:2]
-  if dataset.crop_size % fh or dataset.crop_size % fw:
+  if size % fh or size % fw:
     config_error('model.patches.size', f'patch {fh}x{fw} does not divide '
-                 f'dataset_configs.crop_size {dataset.crop_size}',
-                 'Choose a patch size that divides the crop size.')
-  spatial = (dataset.crop_size // fh, dataset.crop_size // fw)
+                 f'the {size} x {size} input of the tubelets',
+                 'Choose a patch size that divides the crop size (divided by '
+                 '2 per stem level).')
+  spatial = (size // fh, size // fw)
   if name == 'vit':
     return spatial
 
@@ -185,17 +187,19 @@ def _check_model(config: ml_collections.ConfigDict) -> tuple[int, ...]:
       config_error('model.patches.size', f'{tuple(model.patches.size)} is not '
                    'a tubelet (h, w, t)', 'Give three sizes.')
     ft = model.patches.size[2]
-    if dataset.num_frames % ft:
+    if frames % ft:
       config_error('model.patches.size', f'tubelet depth t={ft} does not '
-                   f'divide dataset_configs.num_frames {dataset.num_frames}',
-                   'Choose a tubelet depth that divides the number of frames.')
-    temporal = dataset.num_frames // ft
+                   f'divide the {frames} frames of the tubelets\' input',
+                   'Choose a tubelet depth that divides the number of frames '
+                   '(divided by 2 per stem level).')
+    temporal = frames // ft
   else:
     temporal = encoding.n_sampled_frames
-    if not 0 < temporal <= dataset.num_frames:
+    if not 0 < temporal <= frames:
       config_error('model.temporal_encoding_config.n_sampled_frames',
-                   f'cannot sample {temporal} of {dataset.num_frames} frames',
-                   'Choose 1 to num_frames frames.')
+                   f'cannot sample {temporal} of {frames} frames',
+                   'Choose 1 to num_frames frames (divided by 2 per stem '
+                   'level).')
 
   no_class_token = {
       'factorized_self_attention_block': 'Model 3',
@@ -221,6 +225,26 @@ def _check_model(config: ml_collections.ConfigDict) -> tuple[int, ...]:
                    f'{model.hidden_size}',
                    'Choose a head count that divides the width.')
   return (temporal,) + spatial
+
+
+def _check_stem(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """Checks `model.stem_features`; returns the (size, frames) after it."""
+  model, dataset = config.model, config.dataset_configs
+  levels = len(model.stem_features)
+  if levels and config.model_name == 'vit':
+    config_error('model.stem_features', 'the ViT has no convolutional stem',
+                 'Leave it empty, or use a ViViT.')
+  if levels and (config.get('init_from') or {}).get('checkpoint_path'):
+    config_error('model.stem_features', 'a convolutional stem replaces the '
+                 'pixels that a checkpoint\'s patch embedding reads',
+                 'Drop init_from or the stem.')
+  scale = 2 ** levels
+  if dataset.crop_size % scale or dataset.num_frames % scale:
+    config_error('model.stem_features', f'{levels} stem levels halve the '
+                 f'input {levels} times, but crop_size {dataset.crop_size} '
+                 f'and num_frames {dataset.num_frames} are not both '
+                 f'multiples of {scale}', 'Use fewer stem levels.')
+  return dataset.crop_size // scale, dataset.num_frames // scale
 
 
 def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:

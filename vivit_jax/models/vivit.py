@@ -11,6 +11,7 @@ import jax.numpy as jnp
 
 from vivit_jax.models import embedding
 from vivit_jax.models import encoder
+from vivit_jax.models.stem import ConvStem
 from vivit_jax.models.vit import classify
 from vivit_jax.models.vit import pool
 from vivit_jax.models.vit import prepend_class_token
@@ -33,6 +34,9 @@ class ViViT(nn.Module):
     temporal_num_layers, temporal_num_heads, temporal_mlp_dim: Model 2's
       temporal encoder (L_t = 0 is the average-pooling baseline).
     attention_order: Model 3's 'space_time' or 'time_space'.
+    stem_features: filters of the convolutional stem's levels (`ConvStem`),
+      each halving T, H and W before the tubelets; () for none (Scenic's
+      ViViT).
     positional_embedding, remat: see `encoder.Encoder`.
 
   No attribute has a default: `create_model` sets each from the config,
@@ -53,6 +57,7 @@ class ViViT(nn.Module):
   temporal_num_heads: int
   temporal_mlp_dim: int
   attention_order: str
+  stem_features: Sequence[int]
   positional_embedding: str
   dropout_rate: float
   attention_dropout_rate: float
@@ -77,6 +82,8 @@ class ViViT(nn.Module):
   @nn.compact
   def __call__(self, clip: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     """(batch, T, H, W, C) -> (batch, num_classes)."""
+    if self.stem_features:
+      clip = ConvStem(self.stem_features, dtype=self.dtype, name='stem')(clip)
     if self.temporal_encoding == '3d_conv':
       tokens = embedding.TubeletEmbedding(
           self.hidden_size, self.patch_size, dtype=self.dtype,
