@@ -1,5 +1,5 @@
-"""The README's AdrenalMNIST3D table: ViViT Models 1-4 and the 3D CNN
-(`configs/adrenal.py`), 3 seeds each, test ACC and AUC of the best
+"""The README's AdrenalMNIST3D table: ViViT Models 1-4, the 3D CNN, VTN and
+C-VidTr (`configs/adrenal.py`), 3 seeds each, test ACC and AUC of the best
 validation checkpoint as mean +- standard deviation, beside MedMNIST v2's
 published baselines.
 
@@ -30,7 +30,9 @@ NAMES = {'model1': 'ViViT Model 1 (spatio-temporal)',
          'model2': 'ViViT Model 2 (factorised encoder)',
          'model3': 'ViViT Model 3 (factorised self-attention)',
          'model4': 'ViViT Model 4 (factorised dot-product)',
-         'cnn3d': '3D CNN (term project)'}
+         'cnn3d': '3D CNN (term project)',
+         'vtn': 'VTN (ViT per slice, Longformer)',
+         'vidtr': 'C-VidTr (separable, topK_std)'}
 # The best published figures on AdrenalMNIST3D (28) of MedMNIST v2 (Yang et
 # al., Scientific Data 2023, Table 4): (test ACC, test AUC).
 BASELINES = {'auto-sklearn (best ACC)': ('0.802', ''),
