@@ -73,6 +73,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
     raise SystemExit(f'{os.path.basename(argv[0])}: {error}') from None
   except Exception as error:  # pylint: disable=broad-except
     message = ' '.join(str(error).split())
+    if isinstance(error, (AttributeError, KeyError)):  # An unknown field.
+      raise SystemExit(
+          f'Invalid --config: the config has no field {message.strip(chr(34))}'
+          '. Name a field by its whole path, as in the config file (e.g. '
+          '--config.lr_configs.warmup_epochs).') from None
     raise SystemExit(f'Invalid --config: {type(error).__name__}: '
                      f'{message}') from None
 
