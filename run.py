@@ -74,8 +74,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
   except Exception as error:  # pylint: disable=broad-except
     message = ' '.join(str(error).split())
     if isinstance(error, (AttributeError, KeyError)):  # An unknown field.
+      field = message.strip('"')
       raise SystemExit(
-          f'Invalid --config: the config has no field {message.strip(chr(34))}'
+          f'Invalid --config: the config has no field {field}'
           '. Name a field by its whole path, as in the config file (e.g. '
           '--config.lr_configs.warmup_epochs).') from None
     raise SystemExit(f'Invalid --config: {type(error).__name__}: '

@@ -57,6 +57,12 @@ def unfolded_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                     rhs.reshape(-1, rhs.shape[-1]), precision=precision)
 
 
+def conv3(features: int, dtype: jnp.dtype) -> nn.Conv:
+  """Conv3D(k=3, stride 1, padding 1), as `unfolded_conv` where FAST_PATHS."""
+  return nn.Conv(features, (3, 3, 3), padding=1, dtype=dtype,
+                 conv_general_dilated=unfolded_conv if FAST_PATHS else None)
+
+
 def max_pool(x: jnp.ndarray, window: int) -> jnp.ndarray:
   """`nn.max_pool(x, (window,) * 3, strides=(window,) * 3)`, VALID padding.
 
@@ -98,9 +104,7 @@ class CNN3D(nn.Module):
     """(batch, D, H, W, C) -> (batch, num_classes)."""
     x = clip
     for features in self.features:
-      x = nn.Conv(features, (3, 3, 3), padding=1, dtype=self.dtype,
-                  conv_general_dilated=(unfolded_conv if FAST_PATHS
-                                        else None))(x)
+      x = conv3(features, self.dtype)(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        epsilon=1e-5, axis_name=self.axis_name,
                        dtype=self.dtype)(x)

@@ -13,8 +13,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vivit_jax.models.cnn3d import conv3
 from vivit_jax.models.cnn3d import max_pool
-from vivit_jax.models.cnn3d import unfolded_conv
 
 
 class ConvStem(nn.Module):
@@ -36,8 +36,7 @@ class ConvStem(nn.Module):
     """(batch, T, H, W, C) -> (batch, T/2^L, H/2^L, W/2^L, features[-1])."""
     x = clip
     for features in self.features:
-      x = nn.Conv(features, (3, 3, 3), padding=1, dtype=self.dtype,
-                  conv_general_dilated=unfolded_conv)(x)
+      x = conv3(features, self.dtype)(x)
       x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
       x = max_pool(nn.gelu(x, approximate=False), 2)
     return x
