@@ -4,11 +4,20 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import ml_collections
 import pytest
 
-from vivit_jax import config_builders
+# Many tests, and the run.py processes they start, compile the same small
+# programs: JAX's persistent compilation cache (keyed by the program, the
+# devices and the versions) compiles each once. Set before JAX is imported;
+# subprocesses inherit it.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
+    tempfile.gettempdir(), 'vivit-jax-tests-xla-cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+
+from vivit_jax import config_builders  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
@@ -36,17 +45,23 @@ def tiny_config(attention_type='spacetime', classifier='token', size=8,
   return config
 
 
+def host_devices_env(num_devices: int) -> dict:
+  """This process's environment for a subprocess that sees `num_devices`
+  CPU devices and imports this checkout."""
+  return dict(os.environ,
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}',
+              PYTHONPATH=os.pathsep.join([str(REPO),
+                                          os.environ.get('PYTHONPATH', '')]))
+
+
 def run_on_host_devices(script: str, num_devices: int = 4,
                         timeout: int = 300) -> str:
   """Runs a Python script in a fresh process with `num_devices` CPU devices.
 
   Returns its stdout; fails the test with its stderr if it exits non-zero.
   """
-  env = dict(os.environ,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}',
-             PYTHONPATH=os.pathsep.join([str(REPO),
-                                         os.environ.get('PYTHONPATH', '')]))
-  result = subprocess.run([sys.executable, '-c', script], cwd=REPO, env=env,
+  result = subprocess.run([sys.executable, '-c', script], cwd=REPO,
+                          env=host_devices_env(num_devices),
                           capture_output=True, text=True, timeout=timeout)
   if result.returncode:
     pytest.fail(f'Subprocess failed:\n{result.stderr[-4000:]}')

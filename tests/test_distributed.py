@@ -2,7 +2,6 @@
 over loopback with 2 CPU devices each, train configs/tiny.py to the losses of
 one process with 4 devices."""
 
-import os
 import socket
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO, SHARED
+from tests.conftest import REPO, SHARED, host_devices_env
 from vivit_jax import logs
 
 DATA_DIR = SHARED / 'data'
@@ -29,13 +28,11 @@ def _free_port() -> int:
 
 def _train(workdir, num_devices: int, *flags: str) -> subprocess.Popen:
   """Starts run.py training configs/tiny.py on `num_devices` CPU devices."""
-  env = dict(os.environ, PYTHONPATH=str(REPO),
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={num_devices}')
   return subprocess.Popen(
       [sys.executable, 'run.py', '--config=configs/tiny.py',
        f'--config.dataset_configs.data_dir={DATA_DIR}',
        f'--workdir={workdir}', *flags],
-      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+      cwd=REPO, env=host_devices_env(num_devices), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
       text=True)
 
 

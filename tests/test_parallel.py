@@ -24,7 +24,8 @@ for name, config in configs.items():
   model = models.create_model(config)
   shape = spec.check_config(config, mode='model').input_shape
   inputs = jax.random.normal(jax.random.key(0), (8,) + shape)
-  variables = model.init(jax.random.key(1), inputs, train=False)
+  variables = jax.jit(lambda x: model.init(jax.random.key(1), x,
+                                          train=False))(inputs)
   variables = jax.tree.map(
       lambda x: x + 0.1 * jax.random.normal(jax.random.key(2), x.shape),
       variables)

@@ -1,6 +1,8 @@
 """The speed paths compute what the straightforward paths compute, to float32
 rounding: forward passes and gradients, and the same parameters."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -91,18 +93,23 @@ def test_vivit_model1_equals_reference_path(monkeypatch):
   attention and convolution, forward and gradients."""
   model = _vivit()
   clip = jax.random.normal(jax.random.key(0), (2, 8, 12, 12, 1))
-  params = model.init(jax.random.key(1), clip, train=False)
+  params = jax.jit(lambda x: model.init(jax.random.key(1), x,
+                                        train=False))(clip)
 
   def loss(p, x):
     return jnp.sum(jnp.sin(model.apply(p, x, train=True)))
 
-  fast = (model.apply(params, clip, train=False),
-          jax.grad(loss, argnums=(0, 1))(params, clip))
+  # A new jitted function each time: traced under the paths set at the call.
+  def run():
+    return jax.jit(lambda p, x: (model.apply(p, x, train=False),
+                                 jax.grad(loss, argnums=(0, 1))(p, x)))(
+                                     params, clip)
+
+  fast = run()
   monkeypatch.setattr(encoder, '_self_attention', _flax_attention)
   monkeypatch.setattr(embedding, 'FAST_PATCHES', False, raising=False)
   with attention.xla_attention():
-    reference = (model.apply(params, clip, train=False),
-                 jax.grad(loss, argnums=(0, 1))(params, clip))
+    reference = run()
   _close(fast, reference)
 
 
@@ -129,7 +136,8 @@ def test_cnn3d_equals_reference_path(monkeypatch):
   model = cnn3d.CNN3D(num_classes=3, features=(4, 8), axis_name=None,
                       dtype=jnp.float32)
   clip = jax.random.normal(jax.random.key(0), (2, 9, 8, 10, 1))
-  variables = model.init(jax.random.key(1), clip, train=False)
+  variables = jax.jit(lambda x: model.init(jax.random.key(1), x,
+                                           train=False))(clip)
 
   def run():
     def loss(params, x):
@@ -138,7 +146,7 @@ def test_cnn3d_equals_reference_path(monkeypatch):
           mutable=['batch_stats'])
       return jnp.sum(jnp.sin(logits)), (logits, updates)
 
-    return jax.grad(loss, argnums=(0, 1), has_aux=True)(
+    return jax.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(
         variables['params'], clip)
 
   fast = run()
@@ -158,6 +166,7 @@ def test_unfolded_conv_equals_lax(shape, window, padding):
       x.shape, w.shape, ('N' + 'DHW'[-n:] + 'C', 'DHW'[-n:] + 'IO',
                          'N' + 'DHW'[-n:] + 'C'))
 
+  @functools.partial(jax.jit, static_argnums=0)
   def run(conv):
     f = lambda x, w: conv(x, w, (1,) * n, padding,
                           dimension_numbers=numbers)
