@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import jax
 import numpy as np
 import pytest
 
@@ -220,3 +221,21 @@ def test_a_run_trained_on_t_frames_predicts_on_more(trained_workdir):
   expected = pretrained.interpolate_over_time(old[1:].reshape(4, 16, d), 8)
   np.testing.assert_allclose(new[0], old[0])  # The class token's position.
   np.testing.assert_allclose(new[1:], expected.reshape(128, d), rtol=1e-6)
+
+
+def test_eval_flips_average_the_logits_of_the_flipped_volumes():
+  config = vivit_jax.load_config(str(REPO / 'configs/tiny.py'))
+  volumes = np.random.default_rng(0).random((3, 28, 28, 28, 1), np.float32)
+  plain = vivit_jax.Classifier.from_config(config)
+  rng = np.random.default_rng(1)  # The head starts at zero: perturb it all.
+  plain.variables = jax.tree.map(
+      lambda x: x + 0.1 * rng.standard_normal(x.shape), plain.variables)
+  config.augmentation.eval_flips = True
+  flipped = vivit_jax.Classifier(spec_lib.check_config(config, mode='model'),
+                                 plain.model, plain.variables)
+  expected = np.mean([plain.logits(np.flip(volumes, axes))
+                      for axes in ((), (1,), (2,), (3,), (1, 2), (1, 3),
+                                   (2, 3), (1, 2, 3))], axis=0)
+  np.testing.assert_allclose(flipped.logits(volumes), expected, rtol=1e-5,
+                             atol=1e-6)
+  assert not np.allclose(expected, plain.logits(volumes))

@@ -289,6 +289,29 @@ def test_train_batches_stop_their_thread_when_closed():
   assert threading.active_count() == threads
 
 
+def test_eval_views_are_every_combination_of_the_flips():
+  assert augment.eval_views(augmentation_only()) == [()]
+  views = augment.eval_views(augmentation_only(eval_flips=True))
+  assert sorted(views) == sorted(
+      [(), (1,), (2,), (3,), (1, 2), (1, 3), (2, 3), (1, 2, 3)])
+  assert augment.eval_views(augmentation_only(
+      eval_flips=True, flip_axes=('width',))) == [(), (3,)]
+
+
+def test_eval_flips_give_each_volume_once_per_flip():
+  source = array_source(eval_flips=True, flip_axes=('depth', 'width'))
+  batches = list(source.eval_batches('val'))
+  real = np.concatenate([b['mask'] for b in batches]).astype(bool)
+  inputs = np.concatenate([b['inputs'] for b in batches])[real]
+  index = np.concatenate([b['index'] for b in batches])[real]
+  volumes = next(array_source().eval_batches('val', batch_size=22))['inputs']
+  assert np.bincount(index).tolist() == [4] * 22
+  for i in (0, 13, 21):
+    views = {view.tobytes() for view in inputs[index == i]}
+    assert views == {np.flip(volumes[i], axes).tobytes()
+                     for axes in [(), (0,), (2,), (0, 2)]}
+
+
 def test_eval_batches_cover_the_split_once_in_order():
   volumes = np.random.default_rng(0).random((10, 2, 3, 3, 1), np.float32)
   labels = np.arange(10) % 3

@@ -126,6 +126,8 @@ def test_eval_mode_reproduces_the_test_results(finished_run):
     ({'num_training_steps': 0}, r'config\.num_training_steps: 0 is not'),
     ({'checkpoint_metric': 'f1'}, r'config\.checkpoint_metric: unknown'),
     ({'model.num_heads': 3}, r'config\.model\.num_heads: 3 heads'),
+    ({'augmentation.flip_axes': (), 'augmentation.eval_flips': True},
+     r'config\.augmentation\.eval_flips: is set but flip_axes is empty'),
 ])
 def test_config_errors_name_the_field(overrides, message):
   config = _config()

@@ -128,16 +128,20 @@ class Classifier:
     return array.astype(np.float32)
 
   def logits(self, clips: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Logits (N, K) of `clips` (see `as_clips`)."""
+    """Logits (N, K) of `clips` (see `as_clips`): the mean over the config's
+    evaluation views of a volume (`augment.eval_views`), as in evaluation."""
     clips = self.as_clips(clips)
+    views = data.augment.eval_views(self.spec.config.get('augmentation') or {})
     logits = []
-    for start in range(0, len(clips), batch_size):
-      batch = clips[start:start + batch_size]
-      padded = np.pad(batch, [(0, batch_size - len(batch))] +
-                      [(0, 0)] * (batch.ndim - 1))
-      logits.append(np.asarray(self._apply(self.variables, padded))[
-          :len(batch)])
-    return np.concatenate(logits)
+    for axes in views:
+      flipped = np.flip(clips, axes)
+      for start in range(0, len(clips), batch_size):
+        batch = flipped[start:start + batch_size]
+        padded = np.pad(batch, [(0, batch_size - len(batch))] +
+                        [(0, 0)] * (batch.ndim - 1))
+        logits.append(np.asarray(self._apply(self.variables, padded))[
+            :len(batch)])
+    return np.concatenate(logits).reshape(len(views), len(clips), -1).mean(0)
 
   def predict(self, clips: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Class probabilities (N, K) of `clips` (see `as_clips`)."""

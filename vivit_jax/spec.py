@@ -284,6 +284,9 @@ def _check_augmentation(config: ml_collections.ConfigDict) -> None:
                  else f'not one of {data.augment.FLIP_AXES}')
       config_error('augmentation.flip_axes', f'has {axis!r}, {problem}',
                    f'Use a subset of {allowed}.')
+  if config.augmentation.get('eval_flips') and not flips:
+    config_error('augmentation.eval_flips', 'is set but flip_axes is empty',
+                 f'Set augmentation.flip_axes to a subset of {allowed}.')
 
 
 def _schedule(config: ml_collections.ConfigDict, num_train: int,

@@ -3,11 +3,14 @@ paper's Appendix: label smoothing (Eq. 11) and mixup (Eq. 12).
 
 `config.augmentation` holds max_shift (voxels, per axis), intensity_jitter
 (brightness offset and contrast factor amplitude), flip_axes (a subset of
-FLIP_AXES along which a flip keeps the label), mixup_alpha (0: no mixup; the
-paper uses 0.1 to 0.3, Table 7) and label_smoothing (lambda of Eq. 11); see
+FLIP_AXES along which a flip keeps the label), eval_flips (evaluate every
+example as the mean of its logits over all combinations of those flips),
+mixup_alpha (0: no mixup; the paper uses 0.1 to 0.3, Table 7) and
+label_smoothing (lambda of Eq. 11); see
 `vivit_jax.config_builders.augmentation`.
 """
 
+import itertools
 from typing import Optional
 
 import ml_collections
@@ -68,6 +71,18 @@ def augment(rng: np.random.Generator, volumes: np.ndarray,
     volume += offset
     np.clip(volume, 0, 1, out=out[i])
   return out
+
+
+def eval_views(augmentation: ml_collections.ConfigDict
+               ) -> list[tuple[int, ...]]:
+  """The axes of (N, D, H, W, C) each evaluation view flips: [()] (the
+  volume as it is) unless `augmentation.eval_flips`; then every subset of
+  `flip_axes`, 2^len(flip_axes) views."""
+  if not augmentation.get('eval_flips'):
+    return [()]
+  axes = [1 + FLIP_AXES.index(axis) for axis in augmentation.flip_axes]
+  return [subset for size in range(len(axes) + 1)
+          for subset in itertools.combinations(axes, size)]
 
 
 def smooth_labels(one_hot: np.ndarray, lam: float) -> np.ndarray:

@@ -163,8 +163,10 @@ class ArraySource:
 
   def eval_batches(self, split: str, batch_size: Optional[int] = None
                    ) -> Iterator[dict]:
-    """A whole split in order, one view per example; the last batch padded
-    with zeros to `batch_size` (default `config.eval_batch_size`).
+    """A whole split in order, once per view (`augment.eval_views`: the
+    volumes as they are, and flipped where `augmentation.eval_flips`); each
+    view's last batch padded with zeros to `batch_size` (default
+    `config.eval_batch_size`).
 
     Yields:
       {'inputs': (B, D, H, W, C) float32, 'labels': (B,) int32,
@@ -172,10 +174,11 @@ class ArraySource:
       'index': (B,) int32, the example each view is of}.
     """
     volumes, labels = self._splits[split]
-    yield from padded_batches(
-        {'inputs': volumes, 'labels': labels,
-         'index': np.arange(len(labels), dtype=np.int32)},
-        batch_size or self._config.eval_batch_size)
+    for axes in augment.eval_views(self._config.augmentation):
+      yield from padded_batches(
+          {'inputs': np.flip(volumes, axes), 'labels': labels,
+           'index': np.arange(len(labels), dtype=np.int32)},
+          batch_size or self._config.eval_batch_size)
 
 
 def padded_batches(arrays: dict[str, np.ndarray], batch_size: int
