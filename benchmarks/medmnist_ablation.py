@@ -1,17 +1,22 @@
 """The recipe's ablation on a MedMNIST 3D set: `configs/medmnist3d.py`, then
 each change of `--rows` applied in turn on top of the rows before it, one
-run per row; the validation figures (of the best-validation checkpoint)
-decide, the test figures are those each run read once at its end.
+run per row and seed; the validation figures (of the best-validation
+checkpoint) decide, the test figures are those each run read once at its
+end. A row's workdir is named by the rows up to it and the seed
+(`plain+stem_seed0`), so rows shared by several commands train once.
 
   python -m benchmarks.medmnist_ablation --data_dir=../shared/data \
       --workdir_root=/tmp/ablation --rows=recipe,stem
   python -m benchmarks.medmnist_ablation --data_dir=../shared/data \
-      --workdir_root=/tmp/ablation --rows=plain,flips
+      --workdir_root=/tmp/ablation --rows=plain,stem --seeds=0,1,2
 
-Runs are sequential; rerunning skips those already done.
+Runs are sequential; rerunning skips those already done. With several
+seeds each figure is their mean +- standard deviation (ddof 0).
 """
 
 import os
+
+import numpy as np
 
 from absl import app
 from absl import flags
@@ -26,6 +31,9 @@ INGREDIENTS = {
     'stem': ('convolutional stem of 16 and 32 filters, 1^3 tubelets (343 '
              'tokens)', {'model.stem_features': '(16,32)',
                          'model.patches.size': '(1,1,1)'}),
+    'stem3': ('convolutional stem of 16, 32 and 64 filters, 1^3 tubelets '
+              '(27 tokens at 28^3)', {'model.stem_features': '(16,32,64)',
+                                      'model.patches.size': '(1,1,1)'}),
     'plain': ('no augmentation, label smoothing, stochastic depth or weight '
               'decay; 6 epochs, 1 of warm-up',
               {'augmentation.max_shift': 0,
@@ -37,6 +45,10 @@ INGREDIENTS = {
                'num_training_epochs': 6, 'lr_configs.warmup_epochs': 1.0}),
     'flips': ('the set\'s label-preserving flips',
               {'augmentation.flip_axes': '{flips}'}),
+    'tta': ('the set\'s label-preserving flips in training, and evaluation '
+            'averaging the logits over all their combinations',
+            {'augmentation.flip_axes': '{flips}',
+             'augmentation.eval_flips': True}),
     'mixup': ('mixup, alpha 0.2', {'augmentation.mixup_alpha': 0.2}),
     'epochs20': ('20 epochs, 2 of warm-up (the recipe\'s)',
                  {'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
@@ -50,32 +62,41 @@ _WORKDIR_ROOT = flags.DEFINE_string('workdir_root', '/tmp/ablation',
                                     'One workdir per row below this folder.')
 _ROWS = flags.DEFINE_list('rows', list(INGREDIENTS),
                           f'Rows, in order, from {list(INGREDIENTS)}.')
-_SEED = flags.DEFINE_integer('seed', 0, 'config.rng_seed of every row.')
+_SEEDS = flags.DEFINE_list('seeds', ['0'], 'config.rng_seed of each run.')
+
+
+def _mean_std(values, digits: int = 3) -> str:
+  if len(values) == 1:
+    return f'{values[0]:.{digits}f}'
+  return f'{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}'
 
 
 def main(argv):
   del argv
-  overrides = {'rng_seed': _SEED.value}
+  common = {}
   if _DATA_DIR.value:
-    overrides['dataset_configs.data_dir'] = _DATA_DIR.value
-  lines = ['| row | change | val ACC | val AUC | test ACC | test AUC | '
+    common['dataset_configs.data_dir'] = _DATA_DIR.value
+  seeds = [int(seed) for seed in _SEEDS.value]
+  lines = ['| rows | change | val ACC | val AUC | test ACC | test AUC | '
            'classes predicted (test) | train s |',
            '|---|---|---|---|---|---|---|---|']
   flips = str(medmnist.default_flip_axes(_DATASET.value)).replace(' ', '')
-  for row in _ROWS.value:
+  for i, row in enumerate(_ROWS.value):
     adds, changes = INGREDIENTS[row]
-    overrides.update({key: value.replace('{flips}', flips)
-                      if isinstance(value, str) else value
-                      for key, value in changes.items()})
-    result = training_runs.train(
+    common.update({key: value.replace('{flips}', flips)
+                   if isinstance(value, str) else value
+                   for key, value in changes.items()})
+    name = '+'.join(_ROWS.value[:i + 1])
+    results = [training_runs.train(
         f'configs/medmnist3d.py:{_DATASET.value}',
-        os.path.join(_WORKDIR_ROOT.value, f'{row}_seed{_SEED.value}'),
-        dict(overrides))
-    val, test = result['val'], result['test']
-    lines.append(
-        f'| {row} | {adds} | {val["acc"]:.3f} | {val["auc"]:.3f} | '
-        f'{test["acc"]:.3f} | {test["auc"]:.3f} | '
-        f'{test["predicted_classes"]} | {result["train_seconds"]:.0f} |')
+        os.path.join(_WORKDIR_ROOT.value, f'{name}_seed{seed}'),
+        {**common, 'rng_seed': seed}) for seed in seeds]
+    figures = [_mean_std([r[split][metric] for r in results])
+               for split in ('val', 'test') for metric in ('acc', 'auc')]
+    classes = ','.join(str(r['test']['predicted_classes']) for r in results)
+    seconds = _mean_std([r['train_seconds'] for r in results], digits=0)
+    lines.append(f'| {name} | {adds} | {" | ".join(figures)} | {classes} | '
+                 f'{seconds} |')
   print('\n'.join(lines))
 
 
