@@ -92,6 +92,19 @@ def _merge(defaults: dict, values: dict) -> dict:
   return merged
 
 
+def _resolve_sequences(value):
+  """`value` with the field references inside its tuples and lists (which
+  `copy_and_resolve_references` leaves) replaced by their values, so that
+  e.g. a tubelet size can follow `dataset_configs.size`."""
+  if isinstance(value, dict):
+    return {key: _resolve_sequences(item) for key, item in value.items()}
+  if isinstance(value, (tuple, list)):
+    return type(value)(_resolve_sequences(item) for item in value)
+  if isinstance(value, config_dict.FieldReference):
+    return value.get()
+  return value
+
+
 _VIVIT = MODEL_DEFAULTS['vivit']
 _VIDTR_POOLING = MODEL_DEFAULTS['vidtr']['temporal_pooling']
 
@@ -410,7 +423,7 @@ def with_defaults(config: ml_collections.ConfigDict
     The completed config (a new one), and notes on fields of `config` that
     its choices leave unused (e.g. AdamW's betas with `optimizer='sgd'`).
   """
-  values = config.copy_and_resolve_references().to_dict()
+  values = _resolve_sequences(config.copy_and_resolve_references().to_dict())
   full = _merge(DEFAULTS, values)
   notes = []
   name = full['model_name']
