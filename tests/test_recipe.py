@@ -1,0 +1,81 @@
+"""`configs/medmnist3d.py`, the recommended ViViT recipe: the same for every
+MedMNIST 3D set and both sizes, and it trains end to end (a few steps on a
+tiny slice; the full recipe is a benchmark, `benchmarks/medmnist_ablation`)."""
+
+import json
+
+import numpy as np
+import pytest
+
+import vivit_jax
+from benchmarks import medmnist_ablation
+from tests.conftest import REPO, SHARED
+from vivit_jax import config_builders
+from vivit_jax import spec as spec_lib
+from vivit_jax.data import medmnist
+
+RECIPE = str(REPO / 'configs' / 'medmnist3d.py')
+# What a set's metadata may change in the recipe.
+PER_SET = ('experiment_name', 'dataset_configs.dataset_name',
+           'dataset_configs.num_classes', 'augmentation.flip_axes')
+
+
+def _flat(config) -> dict:
+  def walk(prefix, value):
+    if isinstance(value, dict):
+      for key, item in value.items():
+        yield from walk(f'{prefix}{key}.', item)
+    else:
+      yield prefix[:-1], value
+  return dict(walk('', spec_lib.check_config(config, mode='model').config
+                   .to_dict()))
+
+
+def test_the_recipe_differs_between_sets_only_where_their_metadata_does():
+  adrenal = _flat(vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d'))
+  for name in medmnist.DATASETS:
+    other = _flat(vivit_jax.load_config(f'{RECIPE}:{name}'))
+    differing = {key for key in adrenal.keys() | other.keys()
+                 if adrenal.get(key) != other.get(key)}
+    assert differing <= set(PER_SET), (name, differing)
+
+
+def test_the_recipe_is_the_ablation_rows_it_was_chosen_as():
+  recipe = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
+  rebuilt = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
+  rebuilt.update_from_flattened_dict(medmnist_ablation.overrides(
+      medmnist_ablation.RECIPE_ROWS, 'adrenalmnist3d'))
+  assert _flat(rebuilt) == _flat(recipe)
+
+
+@pytest.mark.parametrize('size', [28, 64])
+def test_size_64_keeps_the_token_count_small(size):
+  config = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
+  config.dataset_configs.size = size
+  spec = spec_lib.check_config(config, mode='model')
+  assert spec.input_shape == (size, size, size, 1)
+  assert 300 <= spec.num_tokens <= 512, spec.token_grid
+
+
+def test_the_recipe_trains_on_a_tiny_slice(tmp_path):
+  """The recipe as it is, on 32 training and 16 validation and test volumes
+  of AdrenalMNIST3D, for 2 steps: results, predictions and figures."""
+  path = tmp_path / 'slice.npz'
+  sizes = {'train': 32, 'val': 16, 'test': 16}
+  with np.load(SHARED / 'data' / 'adrenalmnist3d.npz') as npz:
+    np.savez(path, **{f'{split}_{kind}': npz[f'{split}_{kind}'][:size]
+                      for split, size in sizes.items()
+                      for kind in ('images', 'labels')})
+  config = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
+  config.dataset_configs = config_builders.arrays_dataset(
+      str(path), num_classes=2, num_frames=28, crop_size=28,
+      class_names=medmnist.class_names('adrenalmnist3d'))
+  config.num_training_steps = 2
+  results = vivit_jax.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert results['steps'] == 2
+  assert np.isfinite(results['test']['loss'])
+  saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
+  assert saved['test']['acc'] == results['test']['acc']
+  assert len((tmp_path / 'run' / 'predictions.csv').read_text()
+             .splitlines()) == 1 + 16
+  assert (tmp_path / 'run' / 'roc_curve.png').exists()
