@@ -134,13 +134,10 @@ class Classifier:
     views = data.augment.eval_views(self.spec.config.get('augmentation') or {})
     logits = []
     for axes in views:
-      flipped = np.flip(clips, axes)
-      for start in range(0, len(clips), batch_size):
-        batch = flipped[start:start + batch_size]
-        padded = np.pad(batch, [(0, batch_size - len(batch))] +
-                        [(0, 0)] * (batch.ndim - 1))
-        logits.append(np.asarray(self._apply(self.variables, padded))[
-            :len(batch)])
+      for batch in data.sources.padded_batches(
+          {'inputs': np.flip(clips, axes)}, batch_size):
+        logits.append(np.asarray(self._apply(
+            self.variables, batch['inputs']))[batch['mask'] > 0])
     return np.concatenate(logits).reshape(len(views), len(clips), -1).mean(0)
 
   def predict(self, clips: np.ndarray, batch_size: int = 32) -> np.ndarray:
