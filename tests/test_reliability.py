@@ -81,7 +81,13 @@ def test_a_second_run_on_a_workdir_is_refused(lone_run, tmp_path):
   deadline = time.time() + 120
   while not (lock.exists() and lock.read_text()) and time.time() < deadline:
     time.sleep(0.1)
-  second = _run('--config=configs/tiny.py', f'--workdir={tmp_path}')
+  # Paused while the second run tries the workdir: with compilations cached
+  # the first run can otherwise finish before the second one starts.
+  os.kill(first.pid, signal.SIGSTOP)
+  try:
+    second = _run('--config=configs/tiny.py', f'--workdir={tmp_path}')
+  finally:
+    os.kill(first.pid, signal.SIGCONT)
   _, first_stderr = first.communicate(timeout=300)
   assert first.returncode == 0, first_stderr[-3000:]
   assert _one_line_error(second) == (
