@@ -5,13 +5,15 @@ The term project's ViViT (configs/termproject.py:vivit1: width 64, 6 layers,
 4-layer temporal encoder) with each of the paper's four attention types, on
 28^3 volumes (343 tokens) and 64^3 volumes (4096 tokens), batch 8, without
 attention dropout. Each cell is one `run.py --mode=bench` in its own process,
-so that its peak memory is its own. Prints a Markdown table, then, as the last
-line, the cells as one JSON list.
+so that its peak memory is its own. Prints a Markdown table with the 1-minute
+load average before and after each cell (a figure for README needs both below
+the core count), then, as the last line, the cells as one JSON list.
 
   python -m benchmarks.scaling [--sizes=28,64] [--remat]
 """
 
 import json
+import os
 import subprocess
 import sys
 
@@ -51,10 +53,12 @@ def bench(attention_type: str, size: int, remat: bool) -> dict:
              f'--bench_warmup_steps={_WARMUP_STEPS.value}',
              f'--bench_timed_steps={_TIMED_STEPS.value}']
   command += [f'--config.{field}={value}' for field, value in overrides.items()]
+  load_before = os.getloadavg()[0]
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   if result.returncode:
     raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-4000:]}')
-  return json.loads(result.stdout.strip().splitlines()[-1])
+  return {**json.loads(result.stdout.strip().splitlines()[-1]),
+          'load_before': load_before, 'load_after': os.getloadavg()[0]}
 
 
 def main(argv):
@@ -71,8 +75,8 @@ def main(argv):
       print(f'{name} at {size}^3: {cells[-1]}', file=sys.stderr, flush=True)
 
   print('| model | volume | tokens | GFLOPs / clip | train clips/s | '
-        'vs Model 1 | peak memory |')
-  print('|---|---|---|---|---|---|---|')
+        'vs Model 1 | peak memory | load before, after |')
+  print('|---|---|---|---|---|---|---|---|')
   model1 = {cell['size']: cell['train_samples_per_s'] for cell in cells
             if cell['model'] == MODELS[0][0]}
   for cell in cells:
@@ -80,7 +84,8 @@ def main(argv):
           f"{cell['gflops_per_sample']:.2f} | "
           f"{cell['train_samples_per_s']:.3g} | "
           f"{cell['train_samples_per_s'] / model1[cell['size']]:.1f}x | "
-          f"{cell['peak_memory_bytes'] / 2**30:.2f} GiB |")
+          f"{cell['peak_memory_bytes'] / 2**30:.2f} GiB | "
+          f"{cell['load_before']:.2f}, {cell['load_after']:.2f} |")
   print(json.dumps(cells))
 
 
