@@ -46,9 +46,6 @@ INGREDIENTS = {
     'stem': ('convolutional stem of 16 and 32 filters, 1^3 tubelets (343 '
              'tokens)', {'model.stem_features': (16, 32),
                          'model.patches.size': (1, 1, 1)}),
-    'stem3': ('convolutional stem of 16, 32 and 64 filters, 1^3 tubelets '
-              '(27 tokens at 28^3)', {'model.stem_features': (16, 32, 64),
-                                      'model.patches.size': (1, 1, 1)}),
     'plain': ('no augmentation, label smoothing, stochastic depth or weight '
               'decay; 6 epochs, 1 of warm-up',
               {'augmentation.max_shift': 0,
@@ -65,6 +62,8 @@ INGREDIENTS = {
             {'augmentation.flip_axes': FLIPS,
              'augmentation.eval_flips': True}),
     'mixup': ('mixup, alpha 0.2', {'augmentation.mixup_alpha': 0.2}),
+    'ema': ('validation, checkpoints and test of the parameters\' moving '
+            'average, decay 0.99', {'ema_decay': 0.99}),
     'epochs20': ('20 epochs, 2 of warm-up',
                  {'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
 }

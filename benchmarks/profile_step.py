@@ -194,8 +194,7 @@ def profile(config) -> dict:
   spec = spec_lib.check_config(config, mode='model')
   model = models.create_model(spec, axis_name=steps.AXIS)
   run_step, _ = bench.compile_train_step(spec, model)
-  train_step = steps.make_train_step(
-      model, steps.metrics_collection(spec.num_classes))
+  train_step = steps.make_train_step(model, spec)
   state = steps.replicate(steps.create_train_state(
       spec, model, jax.random.key(spec.config.rng_seed)))
   rng = steps.replicate(jax.random.key(0))

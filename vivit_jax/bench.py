@@ -105,8 +105,7 @@ def compile_train_step(spec: spec_lib.Spec, model
     (the state is donated and carried to the next step); and the seconds
     compiling took.
   """
-  train_step = steps.make_train_step(
-      model, steps.metrics_collection(spec.num_classes))
+  train_step = steps.make_train_step(model, spec)
   state = steps.replicate(steps.create_train_state(
       spec, model, jax.random.key(spec.config.rng_seed)))
   rng = steps.replicate(jax.random.key(spec.config.rng_seed + 1))

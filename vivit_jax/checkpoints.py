@@ -4,6 +4,7 @@ Layout: `WORKDIR/checkpoints/STEP/default/` holds one pytree
 
   {'params':      the model's parameters (float32),
    'batch_stats': BatchNorm statistics (the 3D CNN only),
+   'ema_params':  the moving average of 'params' (with config.ema_decay),
    'opt_state':   the optax state,
    'step':        int32 scalar, the number of steps taken,
    'rng':         uint32 key data of the run's dropout key}
@@ -140,6 +141,8 @@ def state_tree(state, rng: jax.Array) -> dict:
           'step': state.step, 'rng': jax.random.key_data(rng)}
   if state.batch_stats:
     tree['batch_stats'] = state.batch_stats
+  if state.ema_params is not None:
+    tree['ema_params'] = state.ema_params
   return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
@@ -151,7 +154,8 @@ def restore_state(manager: ocp.CheckpointManager, step: int, state,
   # A Python int, as in a fresh state, so that the steps do not recompile.
   state = state.replace(params=tree['params'], opt_state=tree['opt_state'],
                         step=int(tree['step']),
-                        batch_stats=tree.get('batch_stats', {}))
+                        batch_stats=tree.get('batch_stats', {}),
+                        ema_params=tree.get('ema_params'))
   return state, jax.random.wrap_key_data(tree['rng'])
 
 
@@ -181,7 +185,8 @@ def restore_first_readable(manager: ocp.CheckpointManager, steps: list[int],
 
 
 def restore_params(workdir: str, step: Optional[int] = None) -> Any:
-  """The parameters of a trained model, as numpy arrays.
+  """The parameters a trained model is evaluated with (the moving average
+  where the run kept one), as numpy arrays.
 
   Args:
     workdir: the `--workdir` of a run (or its `checkpoints` folder).
@@ -192,7 +197,8 @@ def restore_params(workdir: str, step: Optional[int] = None) -> Any:
     workdir = os.path.dirname(os.path.normpath(workdir))
   manager = open_manager(workdir)
   step = best_or_latest_step(manager) if step is None else step
-  return manager.restore(step)['params']
+  tree = manager.restore(step)
+  return tree.get('ema_params', tree['params'])
 
 
 def best_or_latest_step(manager: ocp.CheckpointManager) -> int:

@@ -383,6 +383,11 @@ def training(optimizer: str, base_learning_rate: float, batch_size: int,
   })
   config.max_grad_norm = config_dict.placeholder(float)
   config.max_grad_norm = max_grad_norm
+  # Evaluates (and checkpoints) an exponential moving average of the
+  # parameters with this decay per step (0: the parameters themselves);
+  # the decay is min(ema_decay, (1 + step) / (10 + step)), so that the
+  # average forgets its initial values within the first steps.
+  config.ema_decay = 0.0
   config.batch_size = batch_size
   config.eval_batch_size = batch_size
   config.num_training_epochs = num_training_epochs

@@ -145,7 +145,7 @@ def restore_for_eval(workdir: str, config: Optional[
   state = steps.create_train_state(spec, model, jax.random.key(0))
   with checkpoints.open_manager(workdir) as manager:
     step, state = restore_best(manager, state)
-  return spec, model, state.variables(), step
+  return spec, model, state.eval_variables(), step
 
 
 def evaluate_variables(model, variables, source) -> dict:

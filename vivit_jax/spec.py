@@ -308,6 +308,10 @@ def _schedule(config: ml_collections.ConfigDict, num_train: int,
   if config.max_grad_norm is not None and config.max_grad_norm <= 0:
     config_error('max_grad_norm', f'{config.max_grad_norm} is not positive',
                  'Give a positive norm, or None to not clip.')
+  if not 0 <= config.ema_decay < 1:
+    config_error('ema_decay', f'{config.ema_decay} is not in [0, 1)',
+                 'Give a decay such as 0.99, or 0 to evaluate the parameters '
+                 'themselves.')
   for field in ('num_training_epochs', 'num_training_steps',
                 'log_summary_steps', 'log_eval_steps', 'checkpoint_steps',
                 'max_checkpoints_to_keep'):

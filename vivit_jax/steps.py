@@ -25,15 +25,41 @@ AXIS = 'batch'
 
 
 class TrainState(train_state.TrainState):
-  """Parameters, optimiser state, step, and the 3D CNN's `batch_stats`
-  collection ({} for models without BatchNorm)."""
+  """Parameters, optimiser state, step, the 3D CNN's `batch_stats`
+  collection ({} for models without BatchNorm), and the moving average of
+  the parameters (None without `config.ema_decay`)."""
   batch_stats: Any = None
+  ema_params: Any = None
 
   def variables(self) -> dict:
-    """The variables `model.apply` takes."""
+    """The variables `model.apply` trains with."""
+    return self._with_batch_stats(self.params)
+
+  def eval_variables(self) -> dict:
+    """The variables that are evaluated: the moving average where there
+    is one."""
+    return self._with_batch_stats(
+        self.params if self.ema_params is None else self.ema_params)
+
+  def _with_batch_stats(self, params) -> dict:
     if self.batch_stats:
-      return {'params': self.params, 'batch_stats': self.batch_stats}
-    return {'params': self.params}
+      return {'params': params, 'batch_stats': self.batch_stats}
+    return {'params': params}
+
+  def restart_average(self) -> 'TrainState':
+    """The state with its moving average (if any) equal to its
+    parameters."""
+    if self.ema_params is None:
+      return self
+    return self.replace(ema_params=self.params)
+
+
+def ema_update(ema_params, params, step: jax.Array, decay: float):
+  """The moving average after `step` (1 for the first step) updates:
+  d * ema + (1 - d) * params with d = min(decay, (1 + step) / (10 + step))."""
+  decay = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+  return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p,
+                      ema_params, params)
 
 
 def replicate(tree):
@@ -57,6 +83,7 @@ def create_train_state(spec: spec_lib.Spec, model, rng: jax.Array
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'],
       batch_stats=variables.get('batch_stats', {}),
+      ema_params=variables['params'] if spec.config.ema_decay else None,
       tx=optimizers.create_optimizer(spec))
 
 
@@ -77,15 +104,18 @@ def metrics_collection(num_classes: int) -> type[clu_metrics.Collection]:
   return clu_metrics.Collection.create(**fields)
 
 
-def make_train_step(model, metrics_class: type[clu_metrics.Collection]
-                    ) -> Callable:
+def make_train_step(model, spec: spec_lib.Spec) -> Callable:
   """The pmapped `train_step(state, batch, rng) -> (state, metrics)`.
 
   `state` and `rng` are replicated, `batch` has leading dims (devices,
   per-device batch), with 'inputs', 'targets' (soft, (B, K)) and 'labels'.
-  The dropout key is `rng` folded with the step and the device index. The
-  input state is donated; `metrics` is replicated over devices.
+  The dropout key is `rng` folded with the step and the device index. A
+  state with `ema_params` updates them with `config.ema_decay`
+  (`ema_update`). The input state is donated; `metrics`
+  (`metrics_collection`) is replicated over devices.
   """
+  metrics_class = metrics_collection(spec.num_classes)
+  ema_decay = spec.config.ema_decay
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
@@ -104,6 +134,9 @@ def make_train_step(model, metrics_class: type[clu_metrics.Collection]
     (_, (losses, logits, updates)), grads = grad_fn(state.params)
     grads = jax.lax.pmean(grads, AXIS)
     state = state.apply_gradients(grads=grads)
+    if state.ema_params is not None:
+      state = state.replace(ema_params=ema_update(
+          state.ema_params, state.params, state.step, ema_decay))
     if mutable:
       state = state.replace(batch_stats=updates['batch_stats'])
     metrics = metrics_class.gather_from_model_output(

@@ -90,7 +90,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
         _train(spec, model, source, state, dropout_rng, manager, progress,
                workdir)
       best_step, state = evaluate.restore_best(manager, state)
-    final = evaluate.evaluate_variables(model, state.variables(), source)
+    final = evaluate.evaluate_variables(model, state.eval_variables(),
+                                        source)
     results = results_lib.summarize(
         spec, state.params, best_step=best_step, val=final['val'],
         test=final['test'], train_seconds=progress.seconds(),
@@ -130,7 +131,8 @@ def _load_pretrained(spec: spec_lib.Spec, state: steps.TrainState
     return state
   params, report = pretrained.load_pretrained(spec.config, state.params)
   logger.info('%s', report)
-  return state.replace(params=params, opt_state=state.tx.init(params))
+  return state.replace(params=params, opt_state=state.tx.init(params)
+                       ).restart_average()
 
 
 def _describe(spec: spec_lib.Spec, params, workdir: str, lead: bool) -> None:
@@ -183,8 +185,7 @@ def _train(spec: spec_lib.Spec, model, source, state: steps.TrainState,
   """
   config = spec.config
   learning_rate = optimizers.learning_rate_schedule(spec)
-  train_step = steps.make_train_step(
-      model, steps.metrics_collection(spec.num_classes))
+  train_step = steps.make_train_step(model, spec)
   eval_step = steps.make_eval_step(model)
   losses = _logged_losses(workdir, int(state.step))
   start = int(state.step)
@@ -228,7 +229,7 @@ def _validate(eval_step, state, source, progress: logs.Progress,
               step: int) -> dict:
   """Logs the validation metrics of the replicated `state`; returns those
   that rank checkpoints."""
-  val, _ = evaluate.evaluate_split(eval_step, state.variables(), source,
+  val, _ = evaluate.evaluate_split(eval_step, state.eval_variables(), source,
                                    'val')
   logger.info('step %d validation: %s', step, {
       name: round(value, 4) for name, value in val.items()

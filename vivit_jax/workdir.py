@@ -16,6 +16,7 @@ from typing import Iterator
 
 import ml_collections
 
+from vivit_jax import config_builders
 from vivit_jax import spec as spec_lib
 
 CONFIG_NAME = 'config.json'
@@ -25,7 +26,7 @@ LOCK_NAME = '.lock'
 # restores only into a config that has the same.
 _STRUCTURAL = ('model_name', 'model.', 'dataset_configs.num_classes',
                'dataset_configs.num_frames', 'dataset_configs.crop_size',
-               'dataset_configs.num_channels', 'optimizer')
+               'dataset_configs.num_channels', 'optimizer', 'ema_decay')
 # Model fields that change neither the parameters nor what evaluation
 # computes.
 _TRAINING_ONLY = ('model.dropout_rate', 'model.attention_dropout_rate',
@@ -97,7 +98,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 def structural_differences(saved: ml_collections.ConfigDict,
                            config: ml_collections.ConfigDict) -> list[str]:
-  """'field saved -> given' for each field that shapes the checkpoint."""
+  """'field saved -> given' for each field that shapes the checkpoint; a
+  field the saved config predates counts at its default."""
+  saved, _ = config_builders.with_defaults(saved)
   old, new = _flatten(_as_json(saved)), _flatten(_as_json(config))
   return [f'{field} {old.get(field)!r} -> {new.get(field)!r}'
           for field in sorted(set(old) | set(new))
