@@ -12,6 +12,7 @@ from benchmarks import medmnist_ablation
 from tests.conftest import REPO, SHARED
 from vivit_jax import config_builders
 from vivit_jax import spec as spec_lib
+from vivit_jax import workdir as workdir_lib
 from vivit_jax.data import medmnist
 
 RECIPE = str(REPO / 'configs' / 'medmnist3d.py')
@@ -21,14 +22,8 @@ PER_SET = ('experiment_name', 'dataset_configs.dataset_name',
 
 
 def _flat(config) -> dict:
-  def walk(prefix, value):
-    if isinstance(value, dict):
-      for key, item in value.items():
-        yield from walk(f'{prefix}{key}.', item)
-    else:
-      yield prefix[:-1], value
-  return dict(walk('', spec_lib.check_config(config, mode='model').config
-                   .to_dict()))
+  return workdir_lib.flat_fields(
+      spec_lib.check_config(config, mode='model').config)
 
 
 def test_the_recipe_differs_between_sets_only_where_their_metadata_does():

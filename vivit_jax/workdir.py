@@ -82,6 +82,12 @@ def _as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
+def flat_fields(config: ml_collections.ConfigDict) -> dict:
+  """`config` as {'dotted.field': value}, values as config.json has them
+  (tuples as lists)."""
+  return _flatten(_as_json(config))
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The config `workdir` was trained with.
 
@@ -101,7 +107,7 @@ def structural_differences(saved: ml_collections.ConfigDict,
   """'field saved -> given' for each field that shapes the checkpoint; a
   field the saved config predates counts at its default."""
   saved, _ = config_builders.with_defaults(saved)
-  old, new = _flatten(_as_json(saved)), _flatten(_as_json(config))
+  old, new = flat_fields(saved), flat_fields(config)
   return [f'{field} {old.get(field)!r} -> {new.get(field)!r}'
           for field in sorted(set(old) | set(new))
           if field.startswith(_STRUCTURAL) and field not in _TRAINING_ONLY
