@@ -57,14 +57,9 @@ def test_without_decay_the_state_keeps_no_average():
   assert state.eval_variables() == state.variables()
 
 
-@pytest.fixture(scope='module')
-def ema_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('ema')
-  return workdir, train.train_and_evaluate(_config(), str(workdir))
-
-
-def test_run_evaluates_and_restores_the_average(ema_run):
-  workdir, results = ema_run
+def test_run_evaluates_and_restores_the_average(tmp_path):
+  workdir = tmp_path
+  results = train.train_and_evaluate(_config(), str(workdir))
   with checkpoints.open_manager(str(workdir)) as manager:
     tree = manager.restore(results['best_step'])
   restored = checkpoints.restore_params(str(workdir))
