@@ -68,14 +68,11 @@ def test_run_evaluates_and_restores_the_average(tmp_path):
       jax.tree.leaves(tree['ema_params']), jax.tree.leaves(tree['params'])))
 
   evaluated = evaluate.evaluate_workdir(str(workdir))
-  source = create_source(evaluated_config := workdir_lib.load_config(
-      str(workdir)))
-  spec = spec_lib.check_config(evaluated_config, mode='model')
-  model = models.create_model(spec, axis_name=steps.AXIS)
+  spec, model, variables, _ = evaluate.restore_for_eval(str(workdir))
+  source = create_source(spec.config)
   of_params = evaluate.evaluate_variables(model, {'params': tree['params']},
                                           source)
-  of_average = evaluate.evaluate_variables(
-      model, {'params': tree['ema_params']}, source)
+  of_average = evaluate.evaluate_variables(model, variables, source)
   for split in ('val', 'test'):
     np.testing.assert_allclose(evaluated[split]['loss'],
                                results[split]['loss'], rtol=1e-6)
