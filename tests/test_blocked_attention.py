@@ -8,6 +8,13 @@ import pytest
 
 from vivit_jax.models import attention
 from vivit_jax.models import blocked_attention
+from vivit_jax.models import cpu_attention
+
+
+@pytest.fixture(autouse=True)
+def xla_loops(monkeypatch):
+  """These tests are about the XLA path, not the C++ kernel (its own tests)."""
+  monkeypatch.setattr(cpu_attention, 'available', lambda: False)
 
 
 def _qkv(batch, tokens, heads, head_dim, dtype=jnp.float32):

@@ -15,6 +15,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from vivit_jax.models import cpu_attention
+
 # Bytes of scores computed at once: they stay in a CPU's L2 and L3 caches.
 BLOCK_BYTES = 2 << 20
 
@@ -84,12 +86,17 @@ def heads_first_attention(query: jnp.ndarray, key: jnp.ndarray,
                           value: jnp.ndarray) -> jnp.ndarray:
   """Softmax(Q K^T / sqrt(d)) V of each of a batch of heads, in float32.
 
+  The fused C++ kernel (`cpu_attention`) computes it where it could be
+  built; these XLA loops elsewhere.
+
   Args:
     query, key, value: (batch * heads, N, head_dim).
 
   Returns:
     (batch * heads, N, head_dim), in the query's dtype.
   """
+  if cpu_attention.available():
+    return cpu_attention.attention(query, key, value)
   heads, n, head_dim = query.shape
   rows = max(1, min(n, BLOCK_BYTES // (4 * n)))
   num_blocks = -(-n // rows)

@@ -1,0 +1,94 @@
+"""The fused CPU attention kernel computes XLA's attention and its gradients,
+is what CPU models run, and gives way to the XLA path where it cannot be
+built."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vivit_jax.models import attention
+from vivit_jax.models import blocked_attention
+from vivit_jax.models import cpu_attention
+
+pytestmark = pytest.mark.skipif(
+    not cpu_attention.available(), reason='no C++ compiler on this machine')
+
+
+def _xla(q, k, v):  # (..., N, d) heads-first, as the kernel takes them.
+  move = lambda x: jnp.moveaxis(x, -3, -2)
+  return move(jax.nn.dot_product_attention(move(q), move(k), move(v)))
+
+
+def _value_and_grads(fn, q, k, v):
+  weights = jax.random.normal(jax.random.key(3), q.shape)
+  loss = lambda q, k, v: jnp.sum(weights * fn(q, k, v))
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+
+@pytest.mark.parametrize('shape,scale', [
+    ((6, 343, 8), 1.0),  # The term project's heads: N not a multiple of 16.
+    ((3, 5, 8), 1.0),  # Fewer keys than a vector's lanes.
+    ((2, 17, 3), 1.0),  # Odd head width.
+    ((2, 100, 64), 1.0),  # ViT-B's head width.
+    ((4, 1, 4), 1.0),  # One token.
+    ((2, 3, 50, 16), 4.0),  # Leading axes; scores in the tens.
+])
+def test_equals_xla_attention_and_its_gradients(shape, scale):
+  q, k, v = (scale * jax.random.normal(key, shape)
+             for key in jax.random.split(jax.random.key(0), 3))
+  _, grads = _value_and_grads(cpu_attention.attention, q, k, v)
+  _, expected_grads = _value_and_grads(_xla, q, k, v)
+  out, expected = cpu_attention.attention(q, k, v), _xla(q, k, v)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-5)
+  assert np.abs(np.asarray(expected)).max() > 0.1
+  for grad, expected_grad in zip(grads, expected_grads):
+    largest = max(np.abs(np.asarray(expected_grad)).max(), 1.0)
+    np.testing.assert_allclose(grad / largest, expected_grad / largest,
+                               atol=2e-5)
+
+
+def test_under_vmap_and_pmap_and_in_bfloat16():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 4, 21, 8))
+  batched = jax.vmap(cpu_attention.attention)(q, k, v)
+  np.testing.assert_allclose(batched, _xla(q, k, v), rtol=1e-5, atol=2e-5)
+  devices = jax.local_device_count()
+  shards = [x[:, :devices] for x in (q, k, v)]
+  np.testing.assert_allclose(
+      jax.pmap(cpu_attention.attention, in_axes=1, out_axes=1)(*shards),
+      _xla(*shards), rtol=1e-5, atol=2e-5)
+  half = cpu_attention.attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)))
+  assert half.dtype == jnp.bfloat16
+
+
+def test_cpu_models_run_it():
+  qkv = jax.random.normal(jax.random.key(0), (3, 2, 10, 4, 8))
+  hlo = jax.jit(lambda *qkv: attention.dot_product_attention(*qkv)).lower(
+      *qkv).as_text()
+  assert cpu_attention._FORWARD in hlo  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('environment', [
+    {'CXX': 'false'}, {'CXX': 'no-such-compiler'},
+    {'VIVIT_JAX_CPU_KERNEL': '0'}])
+def test_without_it_attention_takes_the_xla_path(monkeypatch, tmp_path,
+                                                 caplog, environment):
+  monkeypatch.setenv('VIVIT_JAX_CACHE', str(tmp_path))
+  for name, value in environment.items():
+    monkeypatch.setenv(name, value)
+  cpu_attention.available.cache_clear()
+  try:
+    assert not cpu_attention.available()
+    qkv = jax.random.normal(jax.random.key(0), (3, 2, 10, 4, 8))
+    hlo = jax.jit(lambda *qkv: attention.dot_product_attention(*qkv)).lower(
+        *qkv).as_text()
+    assert cpu_attention._FORWARD not in hlo  # pylint: disable=protected-access
+    np.testing.assert_allclose(blocked_attention.dot_product_attention(*qkv),
+                               jax.nn.dot_product_attention(*qkv),
+                               rtol=1e-5, atol=2e-5)
+  finally:
+    cpu_attention.available.cache_clear()
+  warnings = [r.getMessage() for r in caplog.records
+              if 'kernel could not be built' in r.getMessage()]
+  assert len(warnings) == ('CXX' in environment)
+  assert not list(tmp_path.glob('*.so'))

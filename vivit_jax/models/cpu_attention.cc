@@ -1,0 +1,385 @@
+// Softmax attention of many small heads, fused for CPUs: an XLA FFI kernel.
+//
+// One head at a time, per thread of XLA's intra-op pool: its keys and values
+// are transposed to (head_dim, N) once, then each group of kRows query rows
+// computes its scores against all N keys (kRows x N floats, in L1), their
+// softmax and the output, without ever holding an N x N matrix. The backward
+// pass recomputes the probabilities from the saved log-sum-exp of each row
+// (as FlashAttention, Dao et al. 2022) and accumulates dK and dV in the
+// transposed layout. Inner loops run over the key axis, kLanes keys at a
+// time, so they stay vectorised whatever head_dim is (8 in the term
+// project's ViViT, where XLA's matmuls contract over 8 and run at 5-15% of
+// the machine's peak).
+//
+// Arguments: q (..., N, d), already scaled by 1/sqrt(d); k, v (..., N, d).
+// Forward results: out (..., N, d) and lse (..., N). Backward takes q, k, v,
+// out, lse, d_out and returns dq, dk, dv (dq with respect to the scaled q).
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <mutex>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int kRows = 8;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef int32_t VecInt __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
+inline void Store(float* p, Vec x) { *reinterpret_cast<Vec*>(p) = x; }
+
+typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
+
+// Sum of the lanes, halving: (x[i] + x[i + 8]), then + 4, + 2, + 1.
+inline float Sum(Vec x) {
+  const Vec8 x8 = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Vec4 x4 = __builtin_shufflevector(x8, x8, 0, 1, 2, 3) +
+                  __builtin_shufflevector(x8, x8, 4, 5, 6, 7);
+  return (x4[0] + x4[2]) + (x4[1] + x4[3]);
+}
+
+inline float Max(Vec x) {
+  const Vec8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
+  const Vec8 b = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Vec8 x8 = a > b ? a : b;
+  const Vec4 c = __builtin_shufflevector(x8, x8, 0, 1, 2, 3);
+  const Vec4 d = __builtin_shufflevector(x8, x8, 4, 5, 6, 7);
+  const Vec4 x4 = c > d ? c : d;
+  return std::max(std::max(x4[0], x4[2]), std::max(x4[1], x4[3]));
+}
+
+// exp(x) to about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes'
+// polynomial, 2^n by building the exponent bits. 0 below -87.3 (and for
+// -inf), as float32 underflows there.
+inline Vec Exp(Vec x) {
+  const VecInt underflow = x < -87.3f;
+  x = underflow ? Vec{} - 87.3f : x;
+  x = x > 88.3f ? Vec{} + 88.3f : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to int.
+  const Vec shifted = x * 1.44269504088896341f + magic;
+  const Vec n = shifted - magic;
+  const VecInt n_int = reinterpret_cast<const VecInt&>(shifted) -
+                       VecInt{} - 0x4B400000;
+  Vec r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  Vec p = Vec{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const VecInt bits = (n_int + 127) << 23;
+  const Vec result = p * reinterpret_cast<const Vec&>(bits);
+  return underflow ? Vec{} : result;
+}
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+using Floats = std::unique_ptr<float[], AlignedFree>;
+
+Floats Allocate(int64_t count) {
+  const int64_t bytes = ((count * 4 + 63) / 64) * 64;
+  return Floats(static_cast<float*>(std::aligned_alloc(64, bytes)));
+}
+
+// x (n, d) -> xt (d, padded), zero beyond n.
+void Transpose(const float* x, int64_t n, int64_t d, int64_t padded,
+               float* xt) {
+  for (int64_t c = 0; c < d; ++c) {
+    float* row = xt + c * padded;
+    for (int64_t j = 0; j < n; ++j) row[j] = x[j * d + c];
+    for (int64_t j = n; j < padded; ++j) row[j] = 0.0f;
+  }
+}
+
+// out[r][j] = sum_c a[r][c] * bt[c][j]: a (R, d) rows, bt (d, padded).
+template <int R>
+void RowsTimes(const float* a, int64_t d, const float* bt, int64_t padded,
+               float* out) {
+  for (int64_t j = 0; j < padded; j += kLanes) {
+    Vec acc[R] = {};
+    for (int64_t c = 0; c < d; ++c) {
+      const Vec b = Load(bt + c * padded + j);
+      for (int r = 0; r < R; ++r) acc[r] += a[r * d + c] * b;
+    }
+    for (int r = 0; r < R; ++r) Store(out + r * padded + j, acc[r]);
+  }
+}
+
+// out[r][c] = scale[r] * sum_j p[r][j] * bt[c][j]: p (R, padded).
+template <int R>
+void RowsTimesTransposed(const float* p, const float* bt, int64_t d,
+                         int64_t padded, const float* scale, float* out) {
+  for (int64_t c = 0; c < d; ++c) {
+    Vec acc[R] = {};
+    const float* b = bt + c * padded;
+    for (int64_t j = 0; j < padded; j += kLanes) {
+      const Vec bj = Load(b + j);
+      for (int r = 0; r < R; ++r) acc[r] += Load(p + r * padded + j) * bj;
+    }
+    for (int r = 0; r < R; ++r) out[r * d + c] = scale[r] * Sum(acc[r]);
+  }
+}
+
+// acc[c][j] += sum_r coef[r][c] * p[r][j]: coef (R, d), acc (d, padded).
+template <int R>
+void AccumulateOuter(const float* coef, const float* p, int64_t d,
+                     int64_t padded, float* acc) {
+  for (int64_t c = 0; c < d; ++c) {
+    float* row = acc + c * padded;
+    for (int64_t j = 0; j < padded; j += kLanes) {
+      Vec total = Load(row + j);
+      for (int r = 0; r < R; ++r) total += coef[r * d + c] * Load(p + r * padded + j);
+      Store(row + j, total);
+    }
+  }
+}
+
+// Scores of the padding keys beyond n: -inf, so that their weights are 0.
+template <int R>
+void MaskPadding(float* s, int64_t n, int64_t padded) {
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = n; j < padded; ++j)
+      s[r * padded + j] = -std::numeric_limits<float>::infinity();
+}
+
+// exp(s[r][j] - offset[r]) in place.
+template <int R>
+void ExpRows(float* s, int64_t padded, const float* offset) {
+  for (int r = 0; r < R; ++r)
+    for (int64_t j = 0; j < padded; j += kLanes)
+      Store(s + r * padded + j, Exp(Load(s + r * padded + j) - offset[r]));
+}
+
+struct Head {
+  int64_t n, d, padded;
+};
+
+// Scratch of one thread: transposed keys and values (and their gradients),
+// and kRows rows of scores and of score gradients.
+struct Scratch {
+  explicit Scratch(const Head& h)
+      : kt(Allocate(h.d * h.padded)), vt(Allocate(h.d * h.padded)),
+        dkt(Allocate(h.d * h.padded)), dvt(Allocate(h.d * h.padded)),
+        s(Allocate(kRows * h.padded)), ds(Allocate(kRows * h.padded)) {}
+  Floats kt, vt, dkt, dvt, s, ds;
+};
+
+template <int R>
+void ForwardRows(const Head& h, const float* q, Scratch& w, float* out,
+                 float* lse) {
+  RowsTimes<R>(q, h.d, w.kt.get(), h.padded, w.s.get());
+  MaskPadding<R>(w.s.get(), h.n, h.padded);
+  float row_max[R], inverse_total[R];
+  for (int r = 0; r < R; ++r) {
+    const float* row = w.s.get() + r * h.padded;
+    Vec largest = Load(row);
+    for (int64_t j = kLanes; j < h.padded; j += kLanes)
+      largest = largest > Load(row + j) ? largest : Load(row + j);
+    row_max[r] = Max(largest);
+  }
+  ExpRows<R>(w.s.get(), h.padded, row_max);
+  for (int r = 0; r < R; ++r) {
+    const float* row = w.s.get() + r * h.padded;
+    Vec total = {};
+    for (int64_t j = 0; j < h.padded; j += kLanes) total += Load(row + j);
+    const float sum = Sum(total);
+    inverse_total[r] = 1.0f / sum;
+    lse[r] = row_max[r] + std::log(sum);
+  }
+  RowsTimesTransposed<R>(w.s.get(), w.vt.get(), h.d, h.padded, inverse_total,
+                         out);
+}
+
+template <int R>
+void BackwardRows(const Head& h, const float* q, const float* out,
+                  const float* lse, const float* d_out, Scratch& w,
+                  float* dq) {
+  const int64_t d = h.d, padded = h.padded;
+  RowsTimes<R>(q, d, w.kt.get(), padded, w.s.get());
+  MaskPadding<R>(w.s.get(), h.n, padded);
+  ExpRows<R>(w.s.get(), padded, lse);  // the probabilities P
+  RowsTimes<R>(d_out, d, w.vt.get(), padded, w.ds.get());  // dP
+  for (int r = 0; r < R; ++r) {
+    float delta = 0.0f;
+    for (int64_t c = 0; c < d; ++c) delta += d_out[r * d + c] * out[r * d + c];
+    float* p = w.s.get() + r * padded;
+    float* dp = w.ds.get() + r * padded;
+    for (int64_t j = 0; j < padded; j += kLanes)
+      Store(dp + j, Load(p + j) * (Load(dp + j) - delta));  // dS
+  }
+  float ones[R];
+  std::fill(ones, ones + R, 1.0f);
+  RowsTimesTransposed<R>(w.ds.get(), w.kt.get(), d, padded, ones, dq);
+  AccumulateOuter<R>(q, w.ds.get(), d, padded, w.dkt.get());
+  AccumulateOuter<R>(d_out, w.s.get(), d, padded, w.dvt.get());
+}
+
+// Calls rows<R>(first_row) over [0, n) in groups of kRows, then the rest.
+template <template <int> class Rows, typename... Args>
+void OverRowGroups(int64_t n, Args&&... args) {
+  int64_t row = 0;
+  for (; row + kRows <= n; row += kRows) Rows<kRows>::Run(row, args...);
+  switch (n - row) {
+    case 7: Rows<7>::Run(row, args...); break;
+    case 6: Rows<6>::Run(row, args...); break;
+    case 5: Rows<5>::Run(row, args...); break;
+    case 4: Rows<4>::Run(row, args...); break;
+    case 3: Rows<3>::Run(row, args...); break;
+    case 2: Rows<2>::Run(row, args...); break;
+    case 1: Rows<1>::Run(row, args...); break;
+  }
+}
+
+template <int R>
+struct ForwardGroup {
+  static void Run(int64_t row, const Head& h, const float* q, Scratch& w,
+                  float* out, float* lse) {
+    ForwardRows<R>(h, q + row * h.d, w, out + row * h.d, lse + row);
+  }
+};
+
+template <int R>
+struct BackwardGroup {
+  static void Run(int64_t row, const Head& h, const float* q,
+                  const float* out, const float* lse, const float* d_out,
+                  Scratch& w, float* dq) {
+    const int64_t at = row * h.d;
+    BackwardRows<R>(h, q + at, out + at, lse + row, d_out + at, w, dq + at);
+  }
+};
+
+// Runs work(scratch, head) for every head, on the calling thread and on the
+// pool's threads. Heads are claimed from a shared counter. A pool task counts
+// itself active before it claims a head, so once the caller has found every
+// head claimed it need only wait for the active tasks: it never waits for a
+// task that has not started (which could wait behind this very call), and a
+// task that starts later finds no head and touches only the shared state.
+template <typename Work>
+void ForEachHead(ffi::ThreadPool& pool, int64_t heads, const Head& h,
+                 Work work) {
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int> active{0};
+    std::mutex mutex;
+    std::condition_variable done;
+  };
+  auto state = std::make_shared<State>();
+  auto run = [state, heads, h, work]() {
+    std::unique_ptr<Scratch> scratch;
+    for (int64_t i = state->next.fetch_add(1); i < heads;
+         i = state->next.fetch_add(1)) {
+      if (!scratch) scratch = std::make_unique<Scratch>(h);
+      work(*scratch, i);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), heads) - 1;
+  for (int64_t t = 0; t < helpers; ++t) {
+    pool.Schedule([state, run]() {
+      state->active.fetch_add(1);
+      run();
+      std::lock_guard<std::mutex> lock(state->mutex);
+      state->active.fetch_sub(1);
+      state->done.notify_all();
+    });
+  }
+  run();
+  std::unique_lock<std::mutex> lock(state->mutex);
+  state->done.wait(lock, [&] { return state->active.load() == 0; });
+}
+
+Head HeadOf(const ffi::Buffer<ffi::F32>& q) {
+  const auto dims = q.dimensions();
+  const int64_t n = dims[dims.size() - 2], d = dims[dims.size() - 1];
+  return Head{n, d, (n + kLanes - 1) / kLanes * kLanes};
+}
+
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                   ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                   ffi::ResultBuffer<ffi::F32> out,
+                   ffi::ResultBuffer<ffi::F32> lse) {
+  const Head h = HeadOf(q);
+  const int64_t size = h.n * h.d;
+  const int64_t heads = size ? q.element_count() / size : 0;
+  const float *q_data = q.typed_data(), *k_data = k.typed_data(),
+              *v_data = v.typed_data();
+  float *out_data = out->typed_data(), *lse_data = lse->typed_data();
+  ForEachHead(pool, heads, h, [=](Scratch& w, int64_t i) {
+    Transpose(k_data + i * size, h.n, h.d, h.padded, w.kt.get());
+    Transpose(v_data + i * size, h.n, h.d, h.padded, w.vt.get());
+    OverRowGroups<ForwardGroup>(h.n, h, q_data + i * size, w,
+                                out_data + i * size, lse_data + i * h.n);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                    ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                    ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
+                    ffi::Buffer<ffi::F32> d_out,
+                    ffi::ResultBuffer<ffi::F32> dq,
+                    ffi::ResultBuffer<ffi::F32> dk,
+                    ffi::ResultBuffer<ffi::F32> dv) {
+  const Head h = HeadOf(q);
+  const int64_t size = h.n * h.d;
+  const int64_t heads = size ? q.element_count() / size : 0;
+  const float *q_data = q.typed_data(), *k_data = k.typed_data(),
+              *v_data = v.typed_data(), *out_data = out.typed_data(),
+              *lse_data = lse.typed_data(), *d_out_data = d_out.typed_data();
+  float *dq_data = dq->typed_data(), *dk_data = dk->typed_data(),
+        *dv_data = dv->typed_data();
+  ForEachHead(pool, heads, h, [=](Scratch& w, int64_t i) {
+    const int64_t at = i * size;
+    Transpose(k_data + at, h.n, h.d, h.padded, w.kt.get());
+    Transpose(v_data + at, h.n, h.d, h.padded, w.vt.get());
+    std::fill(w.dkt.get(), w.dkt.get() + h.d * h.padded, 0.0f);
+    std::fill(w.dvt.get(), w.dvt.get() + h.d * h.padded, 0.0f);
+    OverRowGroups<BackwardGroup>(h.n, h, q_data + at, out_data + at,
+                                 lse_data + i * h.n, d_out_data + at, w,
+                                 dq_data + at);
+    for (int64_t j = 0; j < h.n; ++j)
+      for (int64_t c = 0; c < h.d; ++c) {
+        dk_data[at + j * h.d + c] = w.dkt[c * h.padded + j];
+        dv_data[at + j * h.d + c] = w.dvt[c * h.padded + j];
+      }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionForward, Forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
