@@ -15,9 +15,10 @@ pytestmark = pytest.mark.skipif(
     not cpu_attention.available(), reason='no C++ compiler on this machine')
 
 
-def _xla(q, k, v):  # (..., N, d) heads-first, as the kernel takes them.
-  move = lambda x: jnp.moveaxis(x, -3, -2)
-  return move(jax.nn.dot_product_attention(move(q), move(k), move(v)))
+def _xla(q, k, v):  # (..., N, heads, head_dim), as the kernel takes them.
+  flat = lambda x: x.reshape(-1, *x.shape[-3:])
+  return jax.nn.dot_product_attention(flat(q), flat(k), flat(v)).reshape(
+      q.shape)
 
 
 def _value_and_grads(fn, q, k, v):
@@ -27,12 +28,12 @@ def _value_and_grads(fn, q, k, v):
 
 
 @pytest.mark.parametrize('shape,scale', [
-    ((6, 343, 8), 1.0),  # The term project's heads: N not a multiple of 16.
-    ((3, 5, 8), 1.0),  # Fewer keys than a vector's lanes.
-    ((2, 17, 3), 1.0),  # Odd head width.
-    ((2, 100, 64), 1.0),  # ViT-B's head width.
-    ((4, 1, 4), 1.0),  # One token.
-    ((2, 3, 50, 16), 4.0),  # Leading axes; scores in the tens.
+    ((2, 343, 8, 8), 1.0),  # The term project's: N not a multiple of 16.
+    ((3, 5, 2, 8), 1.0),  # Fewer keys than a vector's lanes.
+    ((2, 17, 3, 3), 1.0),  # Odd head width, odd heads.
+    ((100, 2, 64), 1.0),  # ViT-B's head width; no batch axis.
+    ((4, 1, 1, 4), 1.0),  # One token, one head.
+    ((2, 3, 50, 2, 16), 4.0),  # Two batch axes; scores in the tens.
 ])
 def test_equals_xla_attention_and_its_gradients(shape, scale):
   q, k, v = (scale * jax.random.normal(key, shape)
@@ -49,7 +50,7 @@ def test_equals_xla_attention_and_its_gradients(shape, scale):
 
 
 def test_under_vmap_and_pmap_and_in_bfloat16():
-  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 4, 21, 8))
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 4, 21, 2, 8))
   batched = jax.vmap(cpu_attention.attention)(q, k, v)
   np.testing.assert_allclose(batched, _xla(q, k, v), rtol=1e-5, atol=2e-5)
   devices = jax.local_device_count()

@@ -82,21 +82,9 @@ def _attend_backward(rows, heads_per_block, residuals, d_out):
 _attend.defvjp(_attend_forward, _attend_backward)
 
 
-def heads_first_attention(query: jnp.ndarray, key: jnp.ndarray,
-                          value: jnp.ndarray) -> jnp.ndarray:
-  """Softmax(Q K^T / sqrt(d)) V of each of a batch of heads, in float32.
-
-  The fused C++ kernel (`cpu_attention`) computes it where it could be
-  built; these XLA loops elsewhere.
-
-  Args:
-    query, key, value: (batch * heads, N, head_dim).
-
-  Returns:
-    (batch * heads, N, head_dim), in the query's dtype.
-  """
-  if cpu_attention.available():
-    return cpu_attention.attention(query, key, value)
+def _heads_first_attention(query: jnp.ndarray, key: jnp.ndarray,
+                           value: jnp.ndarray) -> jnp.ndarray:
+  """(batch * heads, N, head_dim) arrays in, the result in their shape."""
   heads, n, head_dim = query.shape
   rows = max(1, min(n, BLOCK_BYTES // (4 * n)))
   num_blocks = -(-n // rows)
@@ -112,17 +100,22 @@ def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray,
                           value: jnp.ndarray) -> jnp.ndarray:
   """Softmax(Q K^T / sqrt(d)) V over the token axis, in float32.
 
+  The fused C++ kernel (`cpu_attention`) computes it where it could be
+  built, these XLA loops elsewhere.
+
   Args:
     query, key, value: (batch, N, heads, head_dim), self-attention's.
 
   Returns:
     (batch, N, heads, head_dim), in the query's dtype.
   """
+  if cpu_attention.available():
+    return cpu_attention.attention(query, key, value)
   batch, n, heads, head_dim = query.shape
 
   def heads_first(x):  # (batch, N, heads, d) -> (batch * heads, N, d)
     return x.transpose(0, 2, 1, 3).reshape(batch * heads, n, head_dim)
 
-  out = heads_first_attention(heads_first(query), heads_first(key),
-                              heads_first(value))
+  out = _heads_first_attention(heads_first(query), heads_first(key),
+                               heads_first(value))
   return out.reshape(batch, heads, n, head_dim).transpose(0, 2, 1, 3)

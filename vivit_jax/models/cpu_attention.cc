@@ -11,9 +11,12 @@
 // project's ViViT, where XLA's matmuls contract over 8 and run at 5-15% of
 // the machine's peak).
 //
-// Arguments: q (..., N, d), already scaled by 1/sqrt(d); k, v (..., N, d).
-// Forward results: out (..., N, d) and lse (..., N). Backward takes q, k, v,
-// out, lse, d_out and returns dq, dk, dv (dq with respect to the scaled q).
+// Arrays keep the projections' layout (..., N, heads, head_dim): a head's
+// rows are heads * head_dim floats apart, so no transposes into a
+// heads-first layout are needed around the kernel.
+// Forward: q (already scaled by 1/sqrt(head_dim)), k, v -> out (same shape),
+// lse (..., N, heads). Backward: q, k, v, out, lse, d_out -> dq (with respect
+// to the scaled q), dk, dv.
 
 #include <algorithm>
 #include <atomic>
@@ -96,54 +99,67 @@ Floats Allocate(int64_t count) {
   return Floats(static_cast<float*>(std::aligned_alloc(64, bytes)));
 }
 
-// x (n, d) -> xt (d, padded), zero beyond n.
-void Transpose(const float* x, int64_t n, int64_t d, int64_t padded,
-               float* xt) {
+// x (n rows, stride apart, d columns) -> xt (d, padded), zero beyond n.
+void Transpose(const float* x, int64_t n, int64_t d, int64_t stride,
+               int64_t padded, float* xt) {
   for (int64_t c = 0; c < d; ++c) {
     float* row = xt + c * padded;
-    for (int64_t j = 0; j < n; ++j) row[j] = x[j * d + c];
+    for (int64_t j = 0; j < n; ++j) row[j] = x[j * stride + c];
     for (int64_t j = n; j < padded; ++j) row[j] = 0.0f;
   }
 }
 
-// out[r][j] = sum_c a[r][c] * bt[c][j]: a (R, d) rows, bt (d, padded).
+// xt (d, padded) -> x (n rows, stride apart, d columns).
+void TransposeBack(const float* xt, int64_t n, int64_t d, int64_t stride,
+                   int64_t padded, float* x) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = 0; c < d; ++c) x[j * stride + c] = xt[c * padded + j];
+}
+
+// The shape of one head's arrays: n rows of d floats, stride floats apart
+// (lse's rows lse_stride apart); padded = n rounded up to kLanes.
+struct Head {
+  int64_t n, d, padded, stride, lse_stride;
+};
+
+// out[r][j] = sum_c a[r][c] * bt[c][j]: a R rows, bt (d, padded).
 template <int R>
-void RowsTimes(const float* a, int64_t d, const float* bt, int64_t padded,
-               float* out) {
-  for (int64_t j = 0; j < padded; j += kLanes) {
+void RowsTimes(const Head& h, const float* a, const float* bt, float* out) {
+  for (int64_t j = 0; j < h.padded; j += kLanes) {
     Vec acc[R] = {};
-    for (int64_t c = 0; c < d; ++c) {
-      const Vec b = Load(bt + c * padded + j);
-      for (int r = 0; r < R; ++r) acc[r] += a[r * d + c] * b;
+    for (int64_t c = 0; c < h.d; ++c) {
+      const Vec b = Load(bt + c * h.padded + j);
+      for (int r = 0; r < R; ++r) acc[r] += a[r * h.stride + c] * b;
     }
-    for (int r = 0; r < R; ++r) Store(out + r * padded + j, acc[r]);
+    for (int r = 0; r < R; ++r) Store(out + r * h.padded + j, acc[r]);
   }
 }
 
-// out[r][c] = scale[r] * sum_j p[r][j] * bt[c][j]: p (R, padded).
+// out[r][c] = scale[r] * sum_j p[r][j] * bt[c][j]: p (R, padded), out R rows.
 template <int R>
-void RowsTimesTransposed(const float* p, const float* bt, int64_t d,
-                         int64_t padded, const float* scale, float* out) {
-  for (int64_t c = 0; c < d; ++c) {
+void RowsTimesTransposed(const Head& h, const float* p, const float* bt,
+                         const float* scale, float* out) {
+  for (int64_t c = 0; c < h.d; ++c) {
     Vec acc[R] = {};
-    const float* b = bt + c * padded;
-    for (int64_t j = 0; j < padded; j += kLanes) {
+    const float* b = bt + c * h.padded;
+    for (int64_t j = 0; j < h.padded; j += kLanes) {
       const Vec bj = Load(b + j);
-      for (int r = 0; r < R; ++r) acc[r] += Load(p + r * padded + j) * bj;
+      for (int r = 0; r < R; ++r) acc[r] += Load(p + r * h.padded + j) * bj;
     }
-    for (int r = 0; r < R; ++r) out[r * d + c] = scale[r] * Sum(acc[r]);
+    for (int r = 0; r < R; ++r) out[r * h.stride + c] = scale[r] * Sum(acc[r]);
   }
 }
 
-// acc[c][j] += sum_r coef[r][c] * p[r][j]: coef (R, d), acc (d, padded).
+// acc[c][j] += sum_r coef[r][c] * p[r][j]: coef R rows, acc (d, padded).
 template <int R>
-void AccumulateOuter(const float* coef, const float* p, int64_t d,
-                     int64_t padded, float* acc) {
-  for (int64_t c = 0; c < d; ++c) {
-    float* row = acc + c * padded;
-    for (int64_t j = 0; j < padded; j += kLanes) {
+void AccumulateOuter(const Head& h, const float* coef, const float* p,
+                     float* acc) {
+  for (int64_t c = 0; c < h.d; ++c) {
+    float* row = acc + c * h.padded;
+    for (int64_t j = 0; j < h.padded; j += kLanes) {
       Vec total = Load(row + j);
-      for (int r = 0; r < R; ++r) total += coef[r * d + c] * Load(p + r * padded + j);
+      for (int r = 0; r < R; ++r)
+        total += coef[r * h.stride + c] * Load(p + r * h.padded + j);
       Store(row + j, total);
     }
   }
@@ -151,23 +167,19 @@ void AccumulateOuter(const float* coef, const float* p, int64_t d,
 
 // Scores of the padding keys beyond n: -inf, so that their weights are 0.
 template <int R>
-void MaskPadding(float* s, int64_t n, int64_t padded) {
+void MaskPadding(const Head& h, float* s) {
   for (int r = 0; r < R; ++r)
-    for (int64_t j = n; j < padded; ++j)
-      s[r * padded + j] = -std::numeric_limits<float>::infinity();
+    for (int64_t j = h.n; j < h.padded; ++j)
+      s[r * h.padded + j] = -std::numeric_limits<float>::infinity();
 }
 
 // exp(s[r][j] - offset[r]) in place.
 template <int R>
-void ExpRows(float* s, int64_t padded, const float* offset) {
+void ExpRows(const Head& h, float* s, const float* offset) {
   for (int r = 0; r < R; ++r)
-    for (int64_t j = 0; j < padded; j += kLanes)
-      Store(s + r * padded + j, Exp(Load(s + r * padded + j) - offset[r]));
+    for (int64_t j = 0; j < h.padded; j += kLanes)
+      Store(s + r * h.padded + j, Exp(Load(s + r * h.padded + j) - offset[r]));
 }
-
-struct Head {
-  int64_t n, d, padded;
-};
 
 // Scratch of one thread: transposed keys and values (and their gradients),
 // and kRows rows of scores and of score gradients.
@@ -179,11 +191,12 @@ struct Scratch {
   Floats kt, vt, dkt, dvt, s, ds;
 };
 
+// Rows [row, row + R) of one head's output and log-sum-exp.
 template <int R>
 void ForwardRows(const Head& h, const float* q, Scratch& w, float* out,
                  float* lse) {
-  RowsTimes<R>(q, h.d, w.kt.get(), h.padded, w.s.get());
-  MaskPadding<R>(w.s.get(), h.n, h.padded);
+  RowsTimes<R>(h, q, w.kt.get(), w.s.get());
+  MaskPadding<R>(h, w.s.get());
   float row_max[R], inverse_total[R];
   for (int r = 0; r < R; ++r) {
     const float* row = w.s.get() + r * h.padded;
@@ -192,44 +205,46 @@ void ForwardRows(const Head& h, const float* q, Scratch& w, float* out,
       largest = largest > Load(row + j) ? largest : Load(row + j);
     row_max[r] = Max(largest);
   }
-  ExpRows<R>(w.s.get(), h.padded, row_max);
+  ExpRows<R>(h, w.s.get(), row_max);
   for (int r = 0; r < R; ++r) {
     const float* row = w.s.get() + r * h.padded;
     Vec total = {};
     for (int64_t j = 0; j < h.padded; j += kLanes) total += Load(row + j);
     const float sum = Sum(total);
     inverse_total[r] = 1.0f / sum;
-    lse[r] = row_max[r] + std::log(sum);
+    lse[r * h.lse_stride] = row_max[r] + std::log(sum);
   }
-  RowsTimesTransposed<R>(w.s.get(), w.vt.get(), h.d, h.padded, inverse_total,
-                         out);
+  RowsTimesTransposed<R>(h, w.s.get(), w.vt.get(), inverse_total, out);
 }
 
+// dq of rows [row, row + R); their terms of dk and dv added to w.dkt, w.dvt.
 template <int R>
 void BackwardRows(const Head& h, const float* q, const float* out,
                   const float* lse, const float* d_out, Scratch& w,
                   float* dq) {
-  const int64_t d = h.d, padded = h.padded;
-  RowsTimes<R>(q, d, w.kt.get(), padded, w.s.get());
-  MaskPadding<R>(w.s.get(), h.n, padded);
-  ExpRows<R>(w.s.get(), padded, lse);  // the probabilities P
-  RowsTimes<R>(d_out, d, w.vt.get(), padded, w.ds.get());  // dP
+  float row_lse[R], ones[R];
+  for (int r = 0; r < R; ++r) row_lse[r] = lse[r * h.lse_stride];
+  std::fill(ones, ones + R, 1.0f);
+  RowsTimes<R>(h, q, w.kt.get(), w.s.get());
+  MaskPadding<R>(h, w.s.get());
+  ExpRows<R>(h, w.s.get(), row_lse);  // the probabilities P
+  RowsTimes<R>(h, d_out, w.vt.get(), w.ds.get());  // dP
   for (int r = 0; r < R; ++r) {
     float delta = 0.0f;
-    for (int64_t c = 0; c < d; ++c) delta += d_out[r * d + c] * out[r * d + c];
-    float* p = w.s.get() + r * padded;
-    float* dp = w.ds.get() + r * padded;
-    for (int64_t j = 0; j < padded; j += kLanes)
+    for (int64_t c = 0; c < h.d; ++c)
+      delta += d_out[r * h.stride + c] * out[r * h.stride + c];
+    const float* p = w.s.get() + r * h.padded;
+    float* dp = w.ds.get() + r * h.padded;
+    for (int64_t j = 0; j < h.padded; j += kLanes)
       Store(dp + j, Load(p + j) * (Load(dp + j) - delta));  // dS
   }
-  float ones[R];
-  std::fill(ones, ones + R, 1.0f);
-  RowsTimesTransposed<R>(w.ds.get(), w.kt.get(), d, padded, ones, dq);
-  AccumulateOuter<R>(q, w.ds.get(), d, padded, w.dkt.get());
-  AccumulateOuter<R>(d_out, w.s.get(), d, padded, w.dvt.get());
+  RowsTimesTransposed<R>(h, w.ds.get(), w.kt.get(), ones, dq);
+  AccumulateOuter<R>(h, q, w.ds.get(), w.dkt.get());
+  AccumulateOuter<R>(h, d_out, w.s.get(), w.dvt.get());
 }
 
-// Calls rows<R>(first_row) over [0, n) in groups of kRows, then the rest.
+// Calls Rows<R>::Run(first_row, args...) over [0, n) in groups of kRows,
+// then once for the rest.
 template <template <int> class Rows, typename... Args>
 void OverRowGroups(int64_t n, Args&&... args) {
   int64_t row = 0;
@@ -244,12 +259,14 @@ void OverRowGroups(int64_t n, Args&&... args) {
     case 1: Rows<1>::Run(row, args...); break;
   }
 }
+static_assert(kRows == 8, "OverRowGroups handles remainders below 8");
 
 template <int R>
 struct ForwardGroup {
   static void Run(int64_t row, const Head& h, const float* q, Scratch& w,
                   float* out, float* lse) {
-    ForwardRows<R>(h, q + row * h.d, w, out + row * h.d, lse + row);
+    const int64_t at = row * h.stride;
+    ForwardRows<R>(h, q + at, w, out + at, lse + row * h.lse_stride);
   }
 };
 
@@ -258,8 +275,9 @@ struct BackwardGroup {
   static void Run(int64_t row, const Head& h, const float* q,
                   const float* out, const float* lse, const float* d_out,
                   Scratch& w, float* dq) {
-    const int64_t at = row * h.d;
-    BackwardRows<R>(h, q + at, out + at, lse + row, d_out + at, w, dq + at);
+    const int64_t at = row * h.stride;
+    BackwardRows<R>(h, q + at, out + at, lse + row * h.lse_stride,
+                    d_out + at, w, dq + at);
   }
 };
 
@@ -302,27 +320,44 @@ void ForEachHead(ffi::ThreadPool& pool, int64_t heads, const Head& h,
   state->done.wait(lock, [&] { return state->active.load() == 0; });
 }
 
-Head HeadOf(const ffi::Buffer<ffi::F32>& q) {
-  const auto dims = q.dimensions();
-  const int64_t n = dims[dims.size() - 2], d = dims[dims.size() - 1];
-  return Head{n, d, (n + kLanes - 1) / kLanes * kLanes};
-}
+// (..., N, heads, head_dim) arrays: one head's shape, and where each head
+// starts in them (offset) and in lse (lse_offset).
+struct Layout {
+  explicit Layout(const ffi::Buffer<ffi::F32>& q) {
+    const auto dims = q.dimensions();
+    const int64_t rank = dims.size(), n = dims[rank - 3];
+    per_item = dims[rank - 2];
+    const int64_t d = dims[rank - 1];
+    head = Head{n, d, (n + kLanes - 1) / kLanes * kLanes, per_item * d,
+                per_item};
+    const int64_t item = n * per_item * d;
+    heads = item ? q.element_count() / item * per_item : 0;
+  }
+  int64_t offset(int64_t i) const {
+    return (i / per_item) * head.n * head.stride + (i % per_item) * head.d;
+  }
+  int64_t lse_offset(int64_t i) const {
+    return (i / per_item) * head.n * per_item + i % per_item;
+  }
+  Head head;
+  int64_t heads, per_item;
+};
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                    ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                    ffi::ResultBuffer<ffi::F32> out,
                    ffi::ResultBuffer<ffi::F32> lse) {
-  const Head h = HeadOf(q);
-  const int64_t size = h.n * h.d;
-  const int64_t heads = size ? q.element_count() / size : 0;
+  const Layout layout(q);
+  const Head h = layout.head;
   const float *q_data = q.typed_data(), *k_data = k.typed_data(),
               *v_data = v.typed_data();
   float *out_data = out->typed_data(), *lse_data = lse->typed_data();
-  ForEachHead(pool, heads, h, [=](Scratch& w, int64_t i) {
-    Transpose(k_data + i * size, h.n, h.d, h.padded, w.kt.get());
-    Transpose(v_data + i * size, h.n, h.d, h.padded, w.vt.get());
-    OverRowGroups<ForwardGroup>(h.n, h, q_data + i * size, w,
-                                out_data + i * size, lse_data + i * h.n);
+  ForEachHead(pool, layout.heads, h, [=](Scratch& w, int64_t i) {
+    const int64_t at = layout.offset(i);
+    Transpose(k_data + at, h.n, h.d, h.stride, h.padded, w.kt.get());
+    Transpose(v_data + at, h.n, h.d, h.stride, h.padded, w.vt.get());
+    OverRowGroups<ForwardGroup>(h.n, h, q_data + at, w, out_data + at,
+                                lse_data + layout.lse_offset(i));
   });
   return ffi::Error::Success();
 }
@@ -334,28 +369,24 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                     ffi::ResultBuffer<ffi::F32> dq,
                     ffi::ResultBuffer<ffi::F32> dk,
                     ffi::ResultBuffer<ffi::F32> dv) {
-  const Head h = HeadOf(q);
-  const int64_t size = h.n * h.d;
-  const int64_t heads = size ? q.element_count() / size : 0;
+  const Layout layout(q);
+  const Head h = layout.head;
   const float *q_data = q.typed_data(), *k_data = k.typed_data(),
               *v_data = v.typed_data(), *out_data = out.typed_data(),
               *lse_data = lse.typed_data(), *d_out_data = d_out.typed_data();
   float *dq_data = dq->typed_data(), *dk_data = dk->typed_data(),
         *dv_data = dv->typed_data();
-  ForEachHead(pool, heads, h, [=](Scratch& w, int64_t i) {
-    const int64_t at = i * size;
-    Transpose(k_data + at, h.n, h.d, h.padded, w.kt.get());
-    Transpose(v_data + at, h.n, h.d, h.padded, w.vt.get());
+  ForEachHead(pool, layout.heads, h, [=](Scratch& w, int64_t i) {
+    const int64_t at = layout.offset(i);
+    Transpose(k_data + at, h.n, h.d, h.stride, h.padded, w.kt.get());
+    Transpose(v_data + at, h.n, h.d, h.stride, h.padded, w.vt.get());
     std::fill(w.dkt.get(), w.dkt.get() + h.d * h.padded, 0.0f);
     std::fill(w.dvt.get(), w.dvt.get() + h.d * h.padded, 0.0f);
     OverRowGroups<BackwardGroup>(h.n, h, q_data + at, out_data + at,
-                                 lse_data + i * h.n, d_out_data + at, w,
-                                 dq_data + at);
-    for (int64_t j = 0; j < h.n; ++j)
-      for (int64_t c = 0; c < h.d; ++c) {
-        dk_data[at + j * h.d + c] = w.dkt[c * h.padded + j];
-        dv_data[at + j * h.d + c] = w.dvt[c * h.padded + j];
-      }
+                                 lse_data + layout.lse_offset(i),
+                                 d_out_data + at, w, dq_data + at);
+    TransposeBack(w.dkt.get(), h.n, h.d, h.stride, h.padded, dk_data + at);
+    TransposeBack(w.dvt.get(), h.n, h.d, h.stride, h.padded, dv_data + at);
   });
   return ffi::Error::Success();
 }

@@ -4,7 +4,8 @@ XLA:CPU runs attention with small heads (8-wide in the term project's ViViT)
 as matmuls contracting over head_dim, at 5-15% of a CPU's matmul peak
 (benchmarks/PROFILE.md). `cpu_attention.cc` computes the same function as
 `blocked_attention`, one head per thread with its inner loops over the keys,
-as an XLA FFI custom call.
+as an XLA FFI custom call that reads the projections' (batch, N, heads,
+head_dim) layout as it is.
 
 The first call compiles it with the machine's C++ compiler (`$CXX`, else
 `c++`; about 10 s) for this CPU (`-march=native`) into the cache directory
@@ -123,13 +124,14 @@ _attend.defvjp(_attend_forward, _attend_backward)
 
 def attention(query: jnp.ndarray, key: jnp.ndarray,
               value: jnp.ndarray) -> jnp.ndarray:
-  """Softmax(Q K^T / sqrt(d)) V of each head, in float32; needs `available()`.
+  """Softmax(Q K^T / sqrt(d)) V over the token axis N, in float32; needs
+  `available()`.
 
   Args:
-    query, key, value: (..., N, head_dim), the leading axes heads.
+    query, key, value: (..., N, heads, head_dim).
 
   Returns:
-    (..., N, head_dim), in the query's dtype.
+    (..., N, heads, head_dim), in the query's dtype.
   """
   q = query.astype(jnp.float32) * query.shape[-1]**-0.5
   out = _attend(q, key.astype(jnp.float32), value.astype(jnp.float32))

@@ -1,33 +1,23 @@
-"""Multi-head self-attention with one QKV matmul and heads-first attention.
+"""Multi-head self-attention with one QKV matmul.
 
 `MultiHeadSelfAttention` computes what `flax.linen.MultiHeadDotProductAttention`
 computes for self-attention, with the same parameters: `query`, `key`,
 `value` (kernel (d, heads, head_dim), bias (heads, head_dim)) and `out`
 (kernel (heads, head_dim, d), bias (d,)), initialised with the same values.
 At call time the three input kernels are concatenated into one (d, 3, heads,
-head_dim) kernel, so one matmul projects the tokens straight into the
-heads-first layout (3, batch * heads, N, head_dim) that the attention kernel
-reads; the output projection contracts heads and head_dim of that layout.
-Three matmuls of width d and the transposes into and out of heads-first
-layout (a copy of Q, K, V and the output, forward and backward) become one
-matmul of width 3d.
-
-The heads-first path is taken on CPUs for plain softmax attention
-(`attention.dot_product_attention`) without attention dropout; otherwise the
-module calls its `attention_fn` with (batch, N, heads, head_dim) arrays, as
-Flax's module does, dropout keys included.
+head_dim) kernel, so one matmul of width 3d projects the tokens instead of
+three of width d. Its `attention_fn` gets (batch, N, heads, head_dim) arrays,
+as Flax's module gives it, dropout keys included.
 """
 
 import functools
 from typing import Callable
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vivit_jax.models import attention
-from vivit_jax.models import blocked_attention
 
 
 class _Projection(nn.Module):
@@ -54,13 +44,6 @@ class _Projection(nn.Module):
                         jnp.float32)
     bias = self.param('bias', bias_init, tuple(self.out_shape), jnp.float32)
     return kernel, bias
-
-
-def _heads_first_path(attention_fn, dropout_active: bool) -> bool:
-  return (attention_fn is attention.dot_product_attention
-          and not dropout_active and jax.default_backend() == 'cpu'
-          # pylint: disable-next=protected-access
-          and not attention._XLA_ATTENTION.value)
 
 
 class MultiHeadSelfAttention(nn.Module):
@@ -99,27 +82,15 @@ class MultiHeadSelfAttention(nn.Module):
     cast = lambda *arrays: [a.astype(self.dtype) for a in arrays]
     x, wq, bq, wk, bk, wv, bv, wo, bo = cast(x, wq, bq, wk, bk, wv, bv, wo, bo)
 
-    dropout_active = self.dropout_rate > 0.0 and not deterministic
-    if not _heads_first_path(self.attention_fn, dropout_active):
-      q, k, v = (jnp.einsum('...nd,dhk->...nhk', x, w) + b
-                 for w, b in ((wq, bq), (wk, bk), (wv, bv)))
-      kwargs = dict(dtype=self.dtype)  # Flax passes these; see its module.
-      if self.dropout_rate > 0.0:
-        kwargs.update(dropout_rate=self.dropout_rate,
-                      deterministic=deterministic,
-                      dropout_rng=(self.make_rng('dropout') if dropout_active
-                                   else None))
-      y = self.attention_fn(q, k, v, **kwargs)
-      return jnp.einsum('...nhk,hkd->...nd', y, wo) + bo
-
-    batch_shape, n = x.shape[:-2], x.shape[-2]
-    x = x.reshape(-1, n, d)
-    b = x.shape[0]
     kernel = jnp.stack([wq, wk, wv], axis=1)  # (d, 3, heads, head_dim)
     bias = jnp.stack([bq, bk, bv])  # (3, heads, head_dim)
-    qkv = (jnp.einsum('bnd,dshk->sbhnk', x, kernel)
-           + bias[:, None, :, None, :])
-    q, k, v = (a.reshape(b * heads, n, head_dim) for a in qkv)
-    y = blocked_attention.heads_first_attention(q, k, v)
-    y = jnp.einsum('bhnk,hkd->bnd', y.reshape(b, heads, n, head_dim), wo) + bo
-    return y.reshape(*batch_shape, n, d)
+    qkv = jnp.einsum('...nd,dshk->...nshk', x, kernel) + bias
+    q, k, v = (qkv[..., i, :, :] for i in range(3))
+    kwargs = dict(dtype=self.dtype)  # Flax passes these; see its module.
+    if self.dropout_rate > 0.0:
+      kwargs.update(dropout_rate=self.dropout_rate,
+                    deterministic=deterministic,
+                    dropout_rng=(None if deterministic
+                                 else self.make_rng('dropout')))
+    y = self.attention_fn(q, k, v, **kwargs)
+    return jnp.einsum('...nhk,hkd->...nd', y, wo) + bo
