@@ -8,13 +8,6 @@ import pytest
 
 from vivit_jax.models import attention
 from vivit_jax.models import blocked_attention
-from vivit_jax.models import cpu_attention
-
-
-@pytest.fixture(autouse=True)
-def xla_loops(monkeypatch):
-  """These tests are about the XLA path, not the C++ kernel (its own tests)."""
-  monkeypatch.setattr(cpu_attention, 'available', lambda: False)
 
 
 def _qkv(batch, tokens, heads, head_dim, dtype=jnp.float32):
@@ -44,10 +37,10 @@ def test_equals_xla_attention_and_its_gradients(monkeypatch, block_bytes,
   monkeypatch.setattr(blocked_attention, 'BLOCK_BYTES', block_bytes)
   qkv = _qkv(3, tokens, 4, 8)
   expected = jax.nn.dot_product_attention(*qkv)
-  np.testing.assert_allclose(blocked_attention.dot_product_attention(*qkv),
+  np.testing.assert_allclose(blocked_attention.xla_loops(*qkv),
                              expected, rtol=1e-5, atol=1e-5)
   assert np.abs(np.asarray(expected)).max() > 0.1
-  loss, grads = _loss_and_grads(blocked_attention.dot_product_attention, *qkv)
+  loss, grads = _loss_and_grads(blocked_attention.xla_loops, *qkv)
   expected_loss, expected_grads = _loss_and_grads(
       jax.nn.dot_product_attention, *qkv)
   np.testing.assert_allclose(loss, expected_loss, rtol=1e-5)
@@ -58,7 +51,7 @@ def test_equals_xla_attention_and_its_gradients(monkeypatch, block_bytes,
 
 def test_keeps_the_input_dtype():
   qkv = _qkv(2, 20, 2, 8, jnp.bfloat16)
-  out = blocked_attention.dot_product_attention(*qkv)
+  out = blocked_attention.xla_loops(*qkv)
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(
       np.asarray(out, np.float32),
@@ -78,8 +71,10 @@ def test_training_memory_does_not_hold_all_scores():
         ).temp_size_in_bytes
 
   assert temporary_bytes(jax.nn.dot_product_attention) > scores_bytes
-  assert temporary_bytes(blocked_attention.dot_product_attention) < (
-      scores_bytes / 8)
+  # The XLA loops, and the CPU kernel where it is built.
+  for attention_fn in (blocked_attention.xla_loops,
+                       blocked_attention.dot_product_attention):
+    assert temporary_bytes(attention_fn) < scores_bytes / 8
 
 
 def test_cpu_models_use_it_and_xla_attention_counts_flops():

@@ -82,17 +82,24 @@ def _attend_backward(rows, heads_per_block, residuals, d_out):
 _attend.defvjp(_attend_forward, _attend_backward)
 
 
-def _heads_first_attention(query: jnp.ndarray, key: jnp.ndarray,
-                           value: jnp.ndarray) -> jnp.ndarray:
-  """(batch * heads, N, head_dim) arrays in, the result in their shape."""
-  heads, n, head_dim = query.shape
+def xla_loops(query: jnp.ndarray, key: jnp.ndarray,
+              value: jnp.ndarray) -> jnp.ndarray:
+  """The blocked attention above as XLA loops; arguments and result as
+  `dot_product_attention`'s."""
+  batch, n, heads, head_dim = query.shape
+
+  def heads_first(x):  # (batch, N, heads, d) -> (batch * heads, N, d) float32
+    x = x.astype(jnp.float32).transpose(0, 2, 1, 3)
+    return x.reshape(batch * heads, n, head_dim)
+
   rows = max(1, min(n, BLOCK_BYTES // (4 * n)))
   num_blocks = -(-n // rows)
-  heads_per_block = max(1, min(heads, BLOCK_BYTES // (4 * n * rows)))
-  q = query.astype(jnp.float32) * head_dim**-0.5
+  heads_per_block = max(1, min(batch * heads, BLOCK_BYTES // (4 * n * rows)))
+  q = heads_first(query) * head_dim**-0.5
   q = jnp.pad(q, ((0, 0), (0, num_blocks * rows - n), (0, 0)))
-  out = _attend(q, key.astype(jnp.float32), value.astype(jnp.float32), rows,
+  out = _attend(q, heads_first(key), heads_first(value), rows,
                 heads_per_block)[:, :n]
+  out = out.reshape(batch, heads, n, head_dim).transpose(0, 2, 1, 3)
   return out.astype(query.dtype)
 
 
@@ -101,7 +108,7 @@ def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray,
   """Softmax(Q K^T / sqrt(d)) V over the token axis, in float32.
 
   The fused C++ kernel (`cpu_attention`) computes it where it could be
-  built, these XLA loops elsewhere.
+  built, `xla_loops` elsewhere.
 
   Args:
     query, key, value: (batch, N, heads, head_dim), self-attention's.
@@ -111,11 +118,4 @@ def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray,
   """
   if cpu_attention.available():
     return cpu_attention.attention(query, key, value)
-  batch, n, heads, head_dim = query.shape
-
-  def heads_first(x):  # (batch, N, heads, d) -> (batch * heads, N, d)
-    return x.transpose(0, 2, 1, 3).reshape(batch * heads, n, head_dim)
-
-  out = _heads_first_attention(heads_first(query), heads_first(key),
-                               heads_first(value))
-  return out.reshape(batch, heads, n, head_dim).transpose(0, 2, 1, 3)
+  return xla_loops(query, key, value)

@@ -124,7 +124,7 @@ _attend.defvjp(_attend_forward, _attend_backward)
 
 def attention(query: jnp.ndarray, key: jnp.ndarray,
               value: jnp.ndarray) -> jnp.ndarray:
-  """Softmax(Q K^T / sqrt(d)) V over the token axis N, in float32; needs
+  """Softmax(Q K^T / sqrt(d)) V over the token axis N, in float32, where
   `available()`.
 
   Args:
@@ -133,6 +133,9 @@ def attention(query: jnp.ndarray, key: jnp.ndarray,
   Returns:
     (..., N, heads, head_dim), in the query's dtype.
   """
+  if not available():
+    raise RuntimeError('The fused CPU attention kernel is not available (see '
+                       'the log); use blocked_attention.dot_product_attention.')
   q = query.astype(jnp.float32) * query.shape[-1]**-0.5
   out = _attend(q, key.astype(jnp.float32), value.astype(jnp.float32))
   return out.astype(query.dtype)
