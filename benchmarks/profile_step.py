@@ -91,7 +91,8 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
 
 
 def _own_flops(instruction: dict, instructions: dict) -> float:
-  """2 x the multiply-adds of a dot or a convolution; 0 for other ops."""
+  """2 x the multiply-adds of a dot, a convolution or the attention kernel;
+  0 for other ops."""
   out = math.prod(_dims(instruction['shape']))
   operand_shapes = [_dims(instructions[o]['shape'])
                     for o in instruction['operands'] if o in instructions]
@@ -109,6 +110,14 @@ def _own_flops(instruction: dict, instructions: dict) -> float:
                        instruction['attrs'])
     per_group = int(groups.group(1)) if groups else 1
     return 2.0 * out * math.prod(rhs) / out_features / per_group
+  if instruction['opcode'] == 'custom-call':
+    # The CPU attention kernel: the matmuls of its q (..., N, heads, d), 2
+    # forward (Q K^T, P V), 5 backward (Q K^T again, dP, dQ, dK, dV).
+    target = re.search(r'custom_call_target="(\w+)"', instruction['attrs'])
+    matmuls = {'vivit_attention_forward': 2, 'vivit_attention_backward': 5}
+    if target and target.group(1) in matmuls:
+      q = operand_shapes[0]
+      return 2.0 * matmuls[target.group(1)] * math.prod(q) * q[-3]
   return 0.0
 
 
@@ -154,9 +163,10 @@ def _scope(op_name: str) -> str:
     return 'optimizer/metrics/other' if 'jvp(' not in op_name else direction
   scope = f"{direction} {'/'.join(keep[-2:])}"
   if 'DotProductAttention' in scope:
-    # The softmax attention (a loop over blocks of heads on CPUs) apart from
-    # the projections and layout changes around it.
-    scope += (' (softmax attention)' if '/while/' in op_name
+    # The softmax attention (the fused kernel's custom calls on CPUs, or the
+    # XLA loops over blocks of heads) apart from the projections around it.
+    scope += (' (softmax attention)'
+              if '/while/' in op_name or op_name.endswith('/ffi_call')
               else ' (projections)')
   return scope
 
