@@ -66,6 +66,8 @@ INGREDIENTS = {
             'average, decay 0.99', {'ema_decay': 0.99}),
     'epochs20': ('20 epochs, 2 of warm-up',
                  {'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
+    'epochs40': ('40 epochs, 2 of warm-up',
+                 {'num_training_epochs': 40, 'lr_configs.warmup_epochs': 2.0}),
 }
 
 # configs/medmnist3d.py is these rows (tests/test_recipe.py checks it).
