@@ -20,7 +20,8 @@ def xla_attention():
   """A context in which models use XLA's attention on every backend.
 
   It is one op over all the scores, whose FLOPs XLA's cost analysis counts;
-  the analysis counts the body of a loop, as in `blocked_attention`, once.
+  the analysis counts the body of a loop (`blocked_attention`'s XLA loops)
+  once and a custom call (its CPU kernel) not at all.
   """
   return _XLA_ATTENTION(True)
 
@@ -40,7 +41,8 @@ def dot_product_attention(query, key, value, *, dropout_rng=None,
 
   Attention dropout needs the explicit attention weights. Without it, GPUs
   run cuDNN's flash attention in bfloat16 and float16, CPUs
-  `blocked_attention`, which never holds all the scores at once, and
+  `blocked_attention` (a fused C++ kernel, or XLA loops where it cannot be
+  built), which never holds all the scores at once, and
   everything else (and everything within `xla_attention()`) XLA's fused
   `jax.nn.dot_product_attention`. All compute the same function.
   """
