@@ -99,28 +99,28 @@ Floats Allocate(int64_t count) {
   return Floats(static_cast<float*>(std::aligned_alloc(64, bytes)));
 }
 
-// x (n rows, stride apart, d columns) -> xt (d, padded), zero beyond n.
-void Transpose(const float* x, int64_t n, int64_t d, int64_t stride,
-               int64_t padded, float* xt) {
-  for (int64_t c = 0; c < d; ++c) {
-    float* row = xt + c * padded;
-    for (int64_t j = 0; j < n; ++j) row[j] = x[j * stride + c];
-    for (int64_t j = n; j < padded; ++j) row[j] = 0.0f;
-  }
-}
-
-// xt (d, padded) -> x (n rows, stride apart, d columns).
-void TransposeBack(const float* xt, int64_t n, int64_t d, int64_t stride,
-                   int64_t padded, float* x) {
-  for (int64_t j = 0; j < n; ++j)
-    for (int64_t c = 0; c < d; ++c) x[j * stride + c] = xt[c * padded + j];
-}
-
 // The shape of one head's arrays: n rows of d floats, stride floats apart
 // (lse's rows lse_stride apart); padded = n rounded up to kLanes.
 struct Head {
   int64_t n, d, padded, stride, lse_stride;
 };
+
+// One head's x (n rows, stride apart, d columns) -> xt (d, padded), zero
+// beyond n.
+void Transpose(const Head& h, const float* x, float* xt) {
+  for (int64_t c = 0; c < h.d; ++c) {
+    float* row = xt + c * h.padded;
+    for (int64_t j = 0; j < h.n; ++j) row[j] = x[j * h.stride + c];
+    for (int64_t j = h.n; j < h.padded; ++j) row[j] = 0.0f;
+  }
+}
+
+// xt (d, padded) -> one head's x (n rows, stride apart, d columns).
+void TransposeBack(const Head& h, const float* xt, float* x) {
+  for (int64_t j = 0; j < h.n; ++j)
+    for (int64_t c = 0; c < h.d; ++c)
+      x[j * h.stride + c] = xt[c * h.padded + j];
+}
 
 // out[r][j] = sum_c a[r][c] * bt[c][j]: a R rows, bt (d, padded).
 template <int R>
@@ -354,8 +354,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   float *out_data = out->typed_data(), *lse_data = lse->typed_data();
   ForEachHead(pool, layout.heads, h, [=](Scratch& w, int64_t i) {
     const int64_t at = layout.offset(i);
-    Transpose(k_data + at, h.n, h.d, h.stride, h.padded, w.kt.get());
-    Transpose(v_data + at, h.n, h.d, h.stride, h.padded, w.vt.get());
+    Transpose(h, k_data + at, w.kt.get());
+    Transpose(h, v_data + at, w.vt.get());
     OverRowGroups<ForwardGroup>(h.n, h, q_data + at, w, out_data + at,
                                 lse_data + layout.lse_offset(i));
   });
@@ -378,15 +378,15 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
         *dv_data = dv->typed_data();
   ForEachHead(pool, layout.heads, h, [=](Scratch& w, int64_t i) {
     const int64_t at = layout.offset(i);
-    Transpose(k_data + at, h.n, h.d, h.stride, h.padded, w.kt.get());
-    Transpose(v_data + at, h.n, h.d, h.stride, h.padded, w.vt.get());
+    Transpose(h, k_data + at, w.kt.get());
+    Transpose(h, v_data + at, w.vt.get());
     std::fill(w.dkt.get(), w.dkt.get() + h.d * h.padded, 0.0f);
     std::fill(w.dvt.get(), w.dvt.get() + h.d * h.padded, 0.0f);
     OverRowGroups<BackwardGroup>(h.n, h, q_data + at, out_data + at,
                                  lse_data + layout.lse_offset(i),
                                  d_out_data + at, w, dq_data + at);
-    TransposeBack(w.dkt.get(), h.n, h.d, h.stride, h.padded, dk_data + at);
-    TransposeBack(w.dvt.get(), h.n, h.d, h.stride, h.padded, dv_data + at);
+    TransposeBack(h, w.dkt.get(), dk_data + at);
+    TransposeBack(h, w.dvt.get(), dv_data + at);
   });
   return ffi::Error::Success();
 }
