@@ -24,6 +24,7 @@ import numpy as np
 
 from vivit_jax.models import blocked_attention
 from vivit_jax.models import cpu_attention
+from vivit_jax.models import cpu_kernels
 
 _BATCH = flags.DEFINE_integer('batch', 16, 'Batch.')
 _TOKENS = flags.DEFINE_integer('tokens', 343, 'Tokens N.')
@@ -64,7 +65,7 @@ def main(argv):
   shape = (_BATCH.value, _TOKENS.value, _HEADS.value, _HEAD_DIM.value)
   q, k, v = jax.random.normal(jax.random.key(0), (3, *shape))
   runners = {}
-  if cpu_attention.available():
+  if cpu_kernels.available():
     runners['fused_kernel'] = _jax_runner(cpu_attention.attention, q, k, v)
   runners['xla_blocked_loops'] = _jax_runner(blocked_attention.xla_loops,
                                                q, k, v)

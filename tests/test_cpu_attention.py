@@ -10,9 +10,10 @@ import pytest
 from vivit_jax.models import attention
 from vivit_jax.models import blocked_attention
 from vivit_jax.models import cpu_attention
+from vivit_jax.models import cpu_kernels
 
 pytestmark = pytest.mark.skipif(
-    not cpu_attention.available(), reason='no C++ compiler on this machine')
+    not cpu_kernels.available(), reason='no C++ compiler on this machine')
 
 
 def _xla(q, k, v):  # (..., N, heads, head_dim), as the kernel takes them.
@@ -66,7 +67,7 @@ def test_cpu_models_run_it():
   qkv = jax.random.normal(jax.random.key(0), (3, 2, 10, 4, 8))
   hlo = jax.jit(lambda *qkv: attention.dot_product_attention(*qkv)).lower(
       *qkv).as_text()
-  assert cpu_attention._FORWARD in hlo  # pylint: disable=protected-access
+  assert cpu_kernels.ATTENTION_FORWARD in hlo
 
 
 @pytest.mark.parametrize('environment', [
@@ -77,19 +78,19 @@ def test_without_it_attention_takes_the_xla_path(monkeypatch, tmp_path,
   monkeypatch.setenv('VIVIT_JAX_CACHE', str(tmp_path))
   for name, value in environment.items():
     monkeypatch.setenv(name, value)
-  cpu_attention.available.cache_clear()
+  cpu_kernels.available.cache_clear()
   try:
-    assert not cpu_attention.available()
+    assert not cpu_kernels.available()
     qkv = jax.random.normal(jax.random.key(0), (3, 2, 10, 4, 8))
     hlo = jax.jit(lambda *qkv: attention.dot_product_attention(*qkv)).lower(
         *qkv).as_text()
-    assert cpu_attention._FORWARD not in hlo  # pylint: disable=protected-access
+    assert cpu_kernels.ATTENTION_FORWARD not in hlo
     np.testing.assert_allclose(blocked_attention.dot_product_attention(*qkv),
                                jax.nn.dot_product_attention(*qkv),
                                rtol=1e-5, atol=2e-5)
   finally:
-    cpu_attention.available.cache_clear()
+    cpu_kernels.available.cache_clear()
   warnings = [r.getMessage() for r in caplog.records
-              if 'kernel could not be built' in r.getMessage()]
+              if 'kernels could not be built' in r.getMessage()]
   assert len(warnings) == ('CXX' in environment)
   assert not list(tmp_path.glob('*.so'))

@@ -1,7 +1,6 @@
 """The speed paths compute what the straightforward paths compute, to float32
 rounding: forward passes and gradients, and the same parameters."""
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -9,11 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.conv_reference import conv_and_grads
+from tests.conv_reference import lax_conv
 from tests.conftest import tiny_config
 from vivit_jax import models
 from vivit_jax.models import attention
 from vivit_jax.models import blocked_attention
 from vivit_jax.models import cnn3d
+from vivit_jax.models import cpu_kernels
 from vivit_jax.models import embedding
 from vivit_jax.models import encoder
 from vivit_jax.models import self_attention
@@ -130,9 +132,13 @@ def test_patch_matmul_equals_convolution(monkeypatch, module, shape):
   _close(fast, run(params, clip))
 
 
-def test_cnn3d_equals_reference_path(monkeypatch):
+@pytest.mark.parametrize('kernels', [True, False])
+def test_cnn3d_equals_reference_path(monkeypatch, kernels):
   """The 3D CNN's train-mode forward pass, batch statistics and gradients
-  against `nn.max_pool`."""
+  (convolutions by the CPU kernels, or unfolded) against
+  `lax.conv_general_dilated` and `nn.max_pool`."""
+  if not kernels:
+    monkeypatch.setattr(cpu_kernels, 'used', lambda: False)
   model = cnn3d.CNN3D(num_classes=3, features=(4, 8), axis_name=None,
                       dtype=jnp.float32)
   clip = jax.random.normal(jax.random.key(0), (2, 9, 8, 10, 1))
@@ -154,24 +160,27 @@ def test_cnn3d_equals_reference_path(monkeypatch):
   _close(fast, run())
 
 
+def test_conv3_is_flax_conv(monkeypatch):
+  """`cnn3d.Conv3`'s parameters are `nn.Conv`'s, initialised alike, and it
+  computes what `nn.Conv` computes on every path."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 4, 3))
+  reference = nn.Conv(8, (3, 3, 3), padding=1)
+  params = reference.init(jax.random.key(1), x)
+  _close(cnn3d.Conv3(8, jnp.float32).init(jax.random.key(1), x), params, 0, 0)
+  expected = reference.apply(params, x)
+  _close(cnn3d.Conv3(8, jnp.float32).apply(params, x), expected)
+  monkeypatch.setattr(cpu_kernels, 'used', lambda: False)
+  _close(cnn3d.Conv3(8, jnp.float32).apply(params, x), expected)
+  monkeypatch.setattr(cnn3d, 'FAST_PATHS', False)
+  _close(cnn3d.Conv3(8, jnp.float32).apply(params, x), expected)
+
+
 @pytest.mark.parametrize('shape,window,padding', [
     ((2, 6, 5, 7, 3), (3, 3, 3), ((1, 1),) * 3),
     ((2, 6, 5, 7, 1), (3, 2, 3), ((0, 0), (1, 0), (2, 1))),
     ((3, 9, 8, 2), (3, 3), ((1, 1), (1, 1)))])
 def test_unfolded_conv_equals_lax(shape, window, padding):
-  n = len(window)
   x = jax.random.normal(jax.random.key(0), shape)
   w = jax.random.normal(jax.random.key(1), (*window, shape[-1], 4))
-  numbers = jax.lax.conv_dimension_numbers(
-      x.shape, w.shape, ('N' + 'DHW'[-n:] + 'C', 'DHW'[-n:] + 'IO',
-                         'N' + 'DHW'[-n:] + 'C'))
-
-  @functools.partial(jax.jit, static_argnums=0)
-  def run(conv):
-    f = lambda x, w: conv(x, w, (1,) * n, padding,
-                          dimension_numbers=numbers)
-    return f(x, w), jax.grad(lambda x, w: jnp.sum(jnp.sin(f(x, w))),
-                             argnums=(0, 1))(x, w)
-
-  _close(run(cnn3d.unfolded_conv), run(jax.lax.conv_general_dilated),
-         rtol=1e-4, atol=1e-4)
+  _close(*conv_and_grads([cnn3d.unfolded_conv, lax_conv], x, w,
+                         padding=padding))

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from vivit_jax.models import cpu_attention
+from vivit_jax.models import cpu_kernels
 
 # Bytes of scores computed at once: they stay in a CPU's L2 and L3 caches.
 BLOCK_BYTES = 2 << 20
@@ -116,6 +117,6 @@ def dot_product_attention(query: jnp.ndarray, key: jnp.ndarray,
   Returns:
     (batch, N, heads, head_dim), in the query's dtype.
   """
-  if cpu_attention.available():
+  if cpu_kernels.available():
     return cpu_attention.attention(query, key, value)
   return xla_loops(query, key, value)

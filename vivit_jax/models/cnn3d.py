@@ -10,43 +10,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Convolutions as one matmul over unfolded (im2col) patches
-# (`unfolded_conv`), and max pooling as a max over the axes of a reshaped
-# array instead of XLA's reduce-window, whose gradient (select-and-scatter,
-# lowered on CPUs through packed (value, index) pairs) took most of the train
-# step. False gives `lax.conv_general_dilated` and `nn.max_pool` (for tests
-# and comparisons).
+from vivit_jax.models import cpu_conv
+from vivit_jax.models import cpu_kernels
+
+# Convolutions by the fused kernels of `cpu_conv` (where `cpu_kernels.used()`)
+# or as one matmul over unfolded patches (`unfolded_conv`), and max pooling
+# as a max over the axes of a reshaped array instead of XLA's reduce-window,
+# whose gradient (select-and-scatter, lowered on CPUs through packed (value,
+# index) pairs) took most of the train step. False gives
+# `lax.conv_general_dilated` and `nn.max_pool` (for tests and comparisons).
 FAST_PATHS = True
+_PADDING = ((1, 1),) * 3
 
 
-def unfolded_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
-                  rhs_dilation=None, dimension_numbers=None,
-                  feature_group_count=1, precision=None):
-  """`lax.conv_general_dilated` (Flax's `Conv.conv_general_dilated` hook) as
-  one matmul: the k^n shifted copies of the padded input are concatenated
-  along the channels, (batch * positions, k^n * C), and multiplied with the
-  kernel reshaped to (k^n * C, F). Same sums as the convolution; XLA:CPU's
-  convolution (and, above all, its gradients) with few input channels ran
-  2-17x slower. Channels-last, stride 1, no dilation, one group only; other
-  convolutions go to `lax.conv_general_dilated`.
+def unfolded_conv(x: jnp.ndarray, kernel: jnp.ndarray,
+                  padding: Sequence[tuple[int, int]]) -> jnp.ndarray:
+  """A stride-1 channels-last convolution as one matmul: the k^n shifted
+  copies of the padded input are concatenated along the channels,
+  (batch * positions, k^n * C), and multiplied with the kernel reshaped to
+  (k^n * C, F). Same sums as the convolution; XLA:CPU's convolution (and,
+  above all, its gradients) with few input channels ran 2-17x slower.
+
+  Args:
+    x: (batch, *spatial, C).
+    kernel: (*window, C, F).
+    padding: (low, high) for each spatial axis.
+
+  Returns:
+    (batch, *out, F), out = spatial + low + high - window + 1.
   """
-  n = lhs.ndim - 2
-  channels_last = jax.lax.ConvDimensionNumbers(
-      lhs_spec=(0, n + 1, *range(1, n + 1)),
-      rhs_spec=(n + 1, n, *range(n)),
-      out_spec=(0, n + 1, *range(1, n + 1)))
-  plain = (all(s == 1 for s in window_strides)
-           and all(d == 1 for d in (lhs_dilation or ()))
-           and all(d == 1 for d in (rhs_dilation or ()))
-           and feature_group_count == 1 and not isinstance(padding, str)
-           and dimension_numbers == channels_last)
-  if not plain:
-    return jax.lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
-        feature_group_count=feature_group_count, precision=precision)
-  window = rhs.shape[:n]
-  padded = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
+  window = kernel.shape[:-2]
+  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   out = [p - k + 1 for p, k in zip(padded.shape[1:-1], window)]
   shifted = []
   for offset in np.ndindex(*window):
@@ -54,13 +48,33 @@ def unfolded_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
     shifted.append(padded[(slice(None), *index)])
   columns = jnp.concatenate(shifted, axis=-1)  # (batch, *out, k^n * C)
   return jnp.einsum('...i,io->...o', columns,
-                    rhs.reshape(-1, rhs.shape[-1]), precision=precision)
+                    kernel.reshape(-1, kernel.shape[-1]))
 
 
-def conv3(features: int, dtype: jnp.dtype) -> nn.Conv:
-  """Conv3D(k=3, stride 1, padding 1), as `unfolded_conv` where FAST_PATHS."""
-  return nn.Conv(features, (3, 3, 3), padding=1, dtype=dtype,
-                 conv_general_dilated=unfolded_conv if FAST_PATHS else None)
+class Conv3(nn.Module):
+  """Conv3D(k=3, stride 1, padding 1) with `nn.Conv`'s parameters ('kernel'
+  (3, 3, 3, C, F), LeCun normal; 'bias' (F,), zeros) and function.
+
+  (batch, D, H, W, C) -> (batch, D, H, W, F). The CPU kernels add the bias
+  as they write the output, one pass less over it.
+  """
+  features: int
+  dtype: jnp.dtype
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (3, 3, 3, x.shape[-1], self.features))
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    if FAST_PATHS and cpu_kernels.used():
+      return cpu_conv.conv(x, kernel, _PADDING, bias)
+    if FAST_PATHS:
+      return unfolded_conv(x, kernel, _PADDING) + bias
+    return jax.lax.conv_general_dilated(
+        x, kernel, (1, 1, 1), _PADDING,
+        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC')) + bias
 
 
 def max_pool(x: jnp.ndarray, window: int) -> jnp.ndarray:
@@ -103,8 +117,8 @@ class CNN3D(nn.Module):
   def __call__(self, clip: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     """(batch, D, H, W, C) -> (batch, num_classes)."""
     x = clip
-    for features in self.features:
-      x = conv3(features, self.dtype)(x)
+    for i, features in enumerate(self.features):
+      x = Conv3(features, self.dtype, name=f'Conv_{i}')(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                        epsilon=1e-5, axis_name=self.axis_name,
                        dtype=self.dtype)(x)

@@ -19,27 +19,21 @@
 // to the scaled q), dk, dv.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
 #include <memory>
-#include <mutex>
 
+#include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 
+namespace vivit_jax {
 namespace {
 
-constexpr int kLanes = 16;
 constexpr int kRows = 8;
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef int32_t VecInt __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-inline Vec Load(const float* p) { return *reinterpret_cast<const Vec*>(p); }
-inline void Store(float* p, Vec x) { *reinterpret_cast<Vec*>(p) = x; }
 
 typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
 typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
@@ -281,43 +275,18 @@ struct BackwardGroup {
   }
 };
 
-// Runs work(scratch, head) for every head, on the calling thread and on the
-// pool's threads. Heads are claimed from a shared counter. A pool task counts
-// itself active before it claims a head, so once the caller has found every
-// head claimed it need only wait for the active tasks: it never waits for a
-// task that has not started (which could wait behind this very call), and a
-// task that starts later finds no head and touches only the shared state.
+// Runs work(scratch, head) for every head, each thread with its own
+// Scratch.
 template <typename Work>
 void ForEachHead(ffi::ThreadPool& pool, int64_t heads, const Head& h,
                  Work work) {
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int> active{0};
-    std::mutex mutex;
-    std::condition_variable done;
+  struct Worker {
+    void operator()(int64_t head) { work(scratch, head); }
+    void Finish() {}
+    Work work;
+    Scratch scratch;
   };
-  auto state = std::make_shared<State>();
-  auto run = [state, heads, h, work]() {
-    std::unique_ptr<Scratch> scratch;
-    for (int64_t i = state->next.fetch_add(1); i < heads;
-         i = state->next.fetch_add(1)) {
-      if (!scratch) scratch = std::make_unique<Scratch>(h);
-      work(*scratch, i);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), heads) - 1;
-  for (int64_t t = 0; t < helpers; ++t) {
-    pool.Schedule([state, run]() {
-      state->active.fetch_add(1);
-      run();
-      std::lock_guard<std::mutex> lock(state->mutex);
-      state->active.fetch_sub(1);
-      state->done.notify_all();
-    });
-  }
-  run();
-  std::unique_lock<std::mutex> lock(state->mutex);
-  state->done.wait(lock, [&] { return state->active.load() == 0; });
+  ForEach(pool, heads, [h, work] { return Worker{work, Scratch(h)}; });
 }
 
 // (..., N, heads, head_dim) arrays: one head's shape, and where each head
@@ -392,8 +361,9 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
 }
 
 }  // namespace
+}  // namespace vivit_jax
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionForward, Forward,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionForward, vivit_jax::Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -402,7 +372,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionForward, Forward,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionBackward, Backward,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionBackward, vivit_jax::Backward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

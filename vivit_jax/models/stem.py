@@ -13,7 +13,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from vivit_jax.models.cnn3d import conv3
+from vivit_jax.models.cnn3d import Conv3
 from vivit_jax.models.cnn3d import max_pool
 
 
@@ -35,8 +35,8 @@ class ConvStem(nn.Module):
   def __call__(self, clip: jnp.ndarray) -> jnp.ndarray:
     """(batch, T, H, W, C) -> (batch, T/2^L, H/2^L, W/2^L, features[-1])."""
     x = clip
-    for features in self.features:
-      x = conv3(features, self.dtype)(x)
+    for i, features in enumerate(self.features):
+      x = Conv3(features, self.dtype, name=f'Conv_{i}')(x)
       x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
       x = max_pool(nn.gelu(x, approximate=False), 2)
     return x

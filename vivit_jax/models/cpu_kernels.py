@@ -1,0 +1,111 @@
+"""The fused CPU kernels (`cpu_*.cc`), built on first use.
+
+XLA:CPU runs some of our models' ops far below the machine's peak:
+attention with small heads (`cpu_attention.cc`) and convolutions with few
+channels (`cpu_conv.cc`); benchmarks/PROFILE.md has the measurements. These
+C++ sources compute the same functions as XLA FFI custom calls.
+
+The first call compiles them with the machine's C++ compiler (`$CXX`, else
+`c++`; about 15 s) for this CPU (`-march=native`) into one library in the
+cache directory (`$VIVIT_JAX_CACHE`, else `~/.cache/vivit_jax`), keyed by the
+sources, the jaxlib version and the CPU, and later calls load the cached
+library. Where no compiler works, or `VIVIT_JAX_CPU_KERNEL=0` is set,
+`available()` is False, a log line says why once, and the models take their
+XLA paths.
+"""
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import platform
+import subprocess
+import tempfile
+
+import jax
+import jaxlib
+
+_DIRECTORY = pathlib.Path(__file__).parent
+_SOURCES = sorted(_DIRECTORY.glob('cpu_*.cc'))
+_HEADERS = sorted(_DIRECTORY.glob('cpu_*.h'))
+_FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
+
+# FFI target name -> the handler's symbol in the library.
+ATTENTION_FORWARD = 'vivit_attention_forward'
+ATTENTION_BACKWARD = 'vivit_attention_backward'
+CONV_FORWARD = 'vivit_conv_forward'
+CONV_WEIGHT_GRAD = 'vivit_conv_weight_grad'
+_TARGETS = {ATTENTION_FORWARD: 'VivitAttentionForward',
+            ATTENTION_BACKWARD: 'VivitAttentionBackward',
+            CONV_FORWARD: 'VivitConvForward',
+            CONV_WEIGHT_GRAD: 'VivitConvWeightGrad'}
+
+
+def _cpu_flags() -> str:
+  try:
+    for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
+      if line.startswith(('flags', 'Features')):
+        return line
+  except OSError:
+    pass
+  return platform.processor()
+
+
+def _compiler() -> list[str]:
+  return [os.environ.get('CXX', 'c++'), *_FLAGS, '-isystem',
+          jax.ffi.include_dir()]
+
+
+def _library_path() -> pathlib.Path:
+  """The cached library's path, compiling it if it is not there."""
+  key = hashlib.sha256('\n'.join([
+      *(path.read_text() for path in _SOURCES + _HEADERS),
+      jaxlib.__version__, _cpu_flags(), ' '.join(_compiler())]).encode())
+  cache = pathlib.Path(os.environ.get('VIVIT_JAX_CACHE')
+                       or pathlib.Path.home() / '.cache' / 'vivit_jax')
+  path = cache / f'cpu_kernels_{key.hexdigest()[:16]}.so'
+  if not path.exists():
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as scratch:
+      built = pathlib.Path(scratch) / path.name
+      subprocess.run([*_compiler(), *map(str, _SOURCES), '-o', str(built)],
+                     check=True, capture_output=True, text=True)
+      built.replace(path)  # Atomic: concurrent builds leave one whole file.
+  return path
+
+
+def _unavailable(reason: str) -> bool:
+  logging.warning(
+      'vivit-jax: the fused CPU kernels could not be built (%s); attention '
+      'and convolutions take the slower XLA paths. Install a C++ compiler '
+      '(g++ or clang), or name one in $CXX, to use them.', reason)
+  return False
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the kernels are built and registered with XLA (once a
+  process)."""
+  if os.environ.get('VIVIT_JAX_CPU_KERNEL', '1') == '0':
+    return False
+  try:
+    library = ctypes.cdll.LoadLibrary(str(_library_path()))
+  except subprocess.CalledProcessError as error:
+    lines = error.stderr.strip().splitlines()
+    reason = next((line for line in lines if 'error' in line),
+                  lines[-1] if lines else f'exit status {error.returncode}')
+    return _unavailable(f'{error.cmd[0]} failed: {reason}')
+  except OSError as error:
+    return _unavailable(str(error))
+  for name, symbol in _TARGETS.items():
+    jax.ffi.register_ffi_target(
+        name, jax.ffi.pycapsule(getattr(library, symbol)), platform='cpu')
+  return True
+
+
+def used() -> bool:
+  """Whether models running now use the kernels: on the CPU backend, where
+  they are `available()`."""
+  return jax.default_backend() == 'cpu' and available()
