@@ -26,6 +26,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from vivit_jax import allocator
 from vivit_jax import bench
 from vivit_jax import checkpoints
 from vivit_jax import data
@@ -120,6 +121,7 @@ def _run(mode: str) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  allocator.keep_freed_memory()
   logging.get_absl_handler().addFilter(_not_orbax_info)
   if _COORDINATOR_ADDRESS.value:
     jax.distributed.initialize(_COORDINATOR_ADDRESS.value,

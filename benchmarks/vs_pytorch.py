@@ -17,10 +17,17 @@ exceeds the number of cores the run is marked `"quiet": false` and a line says
 that its figures are not for the README. The last line printed is one JSON
 object: `jax_samples_per_s`, `torch_samples_per_s`, `ratio` (JAX over
 PyTorch, ViViT), `cnn_jax_samples_per_s`, `cnn_torch_samples_per_s`,
-`cnn_ratio`, `load_average_before`, `load_average_after`, `quiet`.
+`cnn_ratio`, `keep_freed_memory`, `load_average_before`,
+`load_average_after`, `quiet`.
+
+By default both frameworks run with glibc's malloc as it comes, which hands
+large freed blocks back to the OS, so each step pages its buffers in anew;
+`--keep_freed_memory` sets malloc as `run.py` does (`vivit_jax.allocator`)
+for the whole process, both frameworks alike.
 
   pip install -e '.[bench]'   # PyTorch's CPU build.
   python -m benchmarks.vs_pytorch [--config=configs/termproject.py:vivit1]
+  python -m benchmarks.vs_pytorch --keep_freed_memory
 """
 
 import json
@@ -36,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vivit_jax import allocator
 from vivit_jax import bench
 from vivit_jax.models import embedding
 from vivit_jax import models
@@ -55,6 +63,9 @@ _MODELS = flags.DEFINE_list('models', ['vivit', 'cnn3d'],
 _WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 2,
                                      'Untimed steps of each, first.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Rounds of alternating steps.')
+_KEEP_FREED_MEMORY = flags.DEFINE_bool(
+    'keep_freed_memory', False,
+    'Set malloc as run.py does (vivit_jax.allocator), for both frameworks.')
 _STEPS_PER_ROUND = flags.DEFINE_integer('steps_per_round', 4,
                                         'Timed steps of each per round.')
 
@@ -219,6 +230,7 @@ def compare(config, model_class) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  kept = _KEEP_FREED_MEMORY.value and allocator.keep_freed_memory()
   threads = len(os.sched_getaffinity(0))
   torch.set_num_threads(threads)  # XLA's CPU client uses a thread per core.
   runs = {'vivit': (_CONFIG.value, ViViTModel1, check_supported, ''),
@@ -243,6 +255,7 @@ def main(argv):
           'processes competed for them. Rerun on a quiet machine.')
   results.update({
       'threads': threads,
+      'keep_freed_memory': kept,
       'load_average_before': load_before[0],
       'load_average_after': load_after[0],
       'quiet': quiet,
