@@ -4,17 +4,14 @@ C++ kernel (`cpu_attention`), `blocked_attention`'s XLA loops, XLA's
 `scaled_dot_product_attention` (eager, the same number of threads).
 
 Default shape: the term project's Model 1, batch 16, 343 tokens, 8 heads of
-width 8. Rounds alternate between the implementations; each figure is the
-median over the timed calls, in ms. The load average (1 minute) is recorded
-before and after; the last line printed is one JSON object.
+width 8. Timed as `alternating.time_alternating` says; the last line printed
+is one JSON object.
 
   python -m benchmarks.attention_cpu [--batch=16 --tokens=343 --heads=8 --head_dim=8]
 """
 
 import json
 import os
-import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -22,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import alternating
 from vivit_jax.models import blocked_attention
 from vivit_jax.models import cpu_attention
 from vivit_jax.models import cpu_kernels
@@ -74,22 +72,9 @@ def main(argv):
   torch_run = _torch_runner(q, k, v)
   if torch_run is not None:
     runners['torch_sdpa'] = torch_run
-  for run in runners.values():
-    run()
-    run()
-  load_before = os.getloadavg()[0]
-  times = {name: [] for name in runners}
-  for _ in range(_ROUNDS.value):
-    for name, run in runners.items():
-      for _ in range(_CALLS.value):
-        start = time.perf_counter()
-        run()
-        times[name].append(time.perf_counter() - start)
-  result = {f'{name}_ms': 1000 * statistics.median(t)
-            for name, t in times.items()}
-  result.update(shape=shape, load_average_before=load_before,
-                load_average_after=os.getloadavg()[0],
-                threads=os.cpu_count())
+  result = alternating.time_alternating(runners, _ROUNDS.value,
+                                        _CALLS.value)
+  result.update(shape=shape)
   print(json.dumps(result))
 
 

@@ -11,10 +11,13 @@ FLOPs (2 x multiply-adds of its dots and convolutions). The matmul peak is
 measured in the same process: a 1024^3 float32 matmul.
 
 Prints a Markdown summary (by scope, by kind, the top instructions); the last
-line is one JSON object with the totals.
+line is one JSON object with the totals. The minor page faults of the
+process are counted over `--steps` untraced steps.
 
   python -m benchmarks.profile_step --config=configs/termproject.py:vivit1
   python -m benchmarks.profile_step --config=configs/termproject.py:cnn3d
+  python -m benchmarks.profile_step --config=configs/termproject.py:cnn3d \
+      --keep_freed_memory    # malloc set as run.py sets it
 
 Times are the durations of the ops' trace events, summed: the XLA:CPU
 runtime runs independent thunks on its threads at once, so the sum can exceed
@@ -31,6 +34,7 @@ import json
 import math
 import os
 import re
+import resource
 import statistics
 import tempfile
 import time
@@ -41,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 
+from vivit_jax import allocator
 from vivit_jax import bench
 from vivit_jax import models
 from vivit_jax import spec as spec_lib
@@ -58,6 +63,10 @@ _PEAK_GFLOPS = flags.DEFINE_float(
     'peak_gflops', 0.0, 'The matmul peak to compare with, GFLOP/s; 0: '
     'measure it here (the best of 20 float32 1024^3 matmuls), which other '
     'load on the machine lowers.')
+
+_KEEP_FREED_MEMORY = flags.DEFINE_bool(
+    'keep_freed_memory', False,
+    'Set malloc as run.py does (vivit_jax.allocator) before profiling.')
 
 _INSTRUCTION = re.compile(
     r'^\s*(?:ROOT )?%(?P<name>[\w.\-]+) = (?P<shape>.*?) '
@@ -91,8 +100,8 @@ def parse_hlo(text: str) -> tuple[dict, dict]:
 
 
 def _own_flops(instruction: dict, instructions: dict) -> float:
-  """2 x the multiply-adds of a dot, a convolution or the attention kernel;
-  0 for other ops."""
+  """2 x the multiply-adds of a dot, a convolution or a CPU kernel's custom
+  call; 0 for other ops."""
   out = math.prod(_dims(instruction['shape']))
   operand_shapes = [_dims(instructions[o]['shape'])
                     for o in instruction['operands'] if o in instructions]
@@ -118,6 +127,13 @@ def _own_flops(instruction: dict, instructions: dict) -> float:
     if target and target.group(1) in matmuls:
       q = operand_shapes[0]
       return 2.0 * matmuls[target.group(1)] * math.prod(q) * q[-3]
+    # The CPU convolution kernels, with the padded features they compute:
+    # y (B, D, H, W, F) from a kernel packed as (F / 32, KD, KH, KW * C, 32),
+    # or that kernel's gradient from dy (B, D, H, W, F).
+    if target and target.group(1) == 'vivit_conv_forward':
+      return 2.0 * out * math.prod(operand_shapes[1][1:4])
+    if target and target.group(1) == 'vivit_conv_weight_grad':
+      return 2.0 * out * math.prod(operand_shapes[1][:4])
   return 0.0
 
 
@@ -214,6 +230,9 @@ def profile(config) -> dict:
   instructions, computations = parse_hlo(hlo)
 
   bench.time_steps(run_step, _WARMUP_STEPS.value)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  bench.time_steps(run_step, _STEPS.value)
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
   with tempfile.TemporaryDirectory() as directory:
     totals, counts, seconds = trace_events(run_step, _STEPS.value, directory)
   traced = _STEPS.value
@@ -226,7 +245,8 @@ def profile(config) -> dict:
       op['flops'] *= counts[name] / traced
       ops.append({'name': name, 'ms': nanoseconds / 1e6 / traced,
                   'runs': counts[name] / traced, **op})
-  return {'ops': ops, 'step_s': statistics.median(seconds)}
+  return {'ops': ops, 'step_s': statistics.median(seconds),
+          'page_faults_per_step': faults / _STEPS.value}
 
 
 def _table(rows, header):
@@ -256,8 +276,9 @@ def summarise(result: dict, peak: float, config) -> str:
          f"{config.batch_size}: {result['step_s'] * 1e3:.1f} ms wall per step "
          f"({config.batch_size / result['step_s']:.1f} samples/s), "
          f"{total_ms:.1f} ms thread-time in XLA ops; matmul peak "
-         f"{peak / 1e9:.0f} GFLOP/s on {cores} cores; load average "
-         f"{os.getloadavg()[0]:.2f}.", '']
+         f"{peak / 1e9:.0f} GFLOP/s on {cores} cores; "
+         f"{result['page_faults_per_step']:.0f} page faults per untraced "
+         f"step; load average {os.getloadavg()[0]:.2f}.", '']
   header = ('thread-ms / step', 'share', 'GFLOP / step',
             "GFLOP/s (of the peak)")
   for key in ('scope', 'kind'):
@@ -285,6 +306,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
+  kept = _KEEP_FREED_MEMORY.value and allocator.keep_freed_memory()
   load_before = os.getloadavg()
   peak = _PEAK_GFLOPS.value * 1e9 or matmul_peak_flops()
   result = profile(config)
@@ -296,6 +318,8 @@ def main(argv):
       'config': config.experiment_name, 'step_ms': result['step_s'] * 1e3,
       'op_thread_ms': sum(op['ms'] for op in result['ops']),
       'matmul_peak_gflops': peak / 1e9,
+      'page_faults_per_step': result['page_faults_per_step'],
+      'keep_freed_memory': kept,
       'by_kind_ms': dict(by_kind.most_common()),
       'load_average_before': load_before[0],
       'load_average_after': os.getloadavg()[0]}))

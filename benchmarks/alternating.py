@@ -1,0 +1,34 @@
+"""Timing several implementations of one computation against each other.
+
+Each runner is called twice untimed, then rounds alternate between them so
+that all see the same machine load; each figure is the median over the timed
+calls, in ms. The load average (1 minute) is recorded before and after.
+"""
+
+import os
+import statistics
+import time
+from typing import Callable
+
+
+def time_alternating(runners: dict[str, Callable[[], None]], rounds: int,
+                     calls_per_round: int) -> dict:
+  """{name}_ms for each runner, load_average_before, load_average_after and
+  threads (the CPUs this process may use)."""
+  for run in runners.values():
+    run()
+    run()
+  load_before = os.getloadavg()[0]
+  times = {name: [] for name in runners}
+  for _ in range(rounds):
+    for name, run in runners.items():
+      for _ in range(calls_per_round):
+        start = time.perf_counter()
+        run()
+        times[name].append(time.perf_counter() - start)
+  result = {f'{name}_ms': 1000 * statistics.median(t)
+            for name, t in times.items()}
+  result.update(load_average_before=load_before,
+                load_average_after=os.getloadavg()[0],
+                threads=len(os.sched_getaffinity(0)))
+  return result
