@@ -15,9 +15,9 @@
 // Forward: x (B, D + KD - 1, H + KH - 1, W + KW - 1, C), the kernel packed
 // as (F / 32, KD, KH, KW * C, 32), a bias (F,) -> y (B, D, H, W, F) + bias;
 // F a multiple of kFeatures (the caller pads the kernel and the bias with
-// zero features). Each output
-// row (b, d, h) is one work item: kPositions positions along w at a time,
-// their kFeatures features held in registers over the whole sum.
+// zero features). Each output row (b, d, h) is one work item: kPositions
+// positions along w at a time, their kFeatures features held in registers
+// over the whole sum.
 // Weight gradient: x as above, dy (B, D, H, W, F) -> the kernel's gradient,
 // packed as the kernel is. Each (b, d) plane is one work item: kColumns
 // columns at a time, their kFeatures features held in registers over the
@@ -25,8 +25,8 @@
 // The input gradient is a forward call (with the kernel flipped and its
 // channels and features swapped), made by the caller.
 
+#include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <mutex>
 #include <vector>
 

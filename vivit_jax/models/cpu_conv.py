@@ -56,8 +56,8 @@ def _correlate(x: jnp.ndarray, kernel: jnp.ndarray,
 
 def _kernel_grad(x: jnp.ndarray, dy: jnp.ndarray,
                  shape: Sequence[int]) -> jnp.ndarray:
-  """The gradient of `_correlate(x, kernel)`'s kernel (of `shape`) for the
-  output gradient dy."""
+  """The gradient of `_correlate(x, kernel, bias)`'s kernel (of `shape`)
+  for the output gradient dy."""
   features = shape[-1]
   padded = _blocks(features) * _FEATURES
   dy = jnp.pad(dy, ((0, 0),) * 4 + ((0, padded - features),))
