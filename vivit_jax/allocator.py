@@ -13,7 +13,7 @@ malloc and pays the same.
 at any size, and a heap that is never trimmed: freed buffers stay mapped and
 the next step reuses them. The process then keeps its peak memory until it
 exits, and as the heap does not reuse every freed hole that peak is higher:
-by 40-113% in README's measurements, reached in the first 50-150 steps.
+by 38-113% in README's measurements, reached in the first 50-150 steps.
 `run.py` calls it first thing; `VIVIT_JAX_KEEP_MEMORY=0` turns it off.
 """
 
