@@ -63,11 +63,11 @@ _MODELS = flags.DEFINE_list('models', ['vivit', 'cnn3d'],
 _WARMUP_STEPS = flags.DEFINE_integer('warmup_steps', 2,
                                      'Untimed steps of each, first.')
 _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Rounds of alternating steps.')
+_STEPS_PER_ROUND = flags.DEFINE_integer('steps_per_round', 4,
+                                        'Timed steps of each per round.')
 _KEEP_FREED_MEMORY = flags.DEFINE_bool(
     'keep_freed_memory', False,
     'Set malloc as run.py does (vivit_jax.allocator), for both frameworks.')
-_STEPS_PER_ROUND = flags.DEFINE_integer('steps_per_round', 4,
-                                        'Timed steps of each per round.')
 
 
 class EncoderBlock(nn.Module):

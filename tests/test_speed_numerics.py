@@ -1,7 +1,6 @@
 """The speed paths compute what the straightforward paths compute, to float32
 rounding: forward passes and gradients, and the same parameters."""
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
