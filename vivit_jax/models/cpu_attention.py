@@ -54,9 +54,7 @@ def attention(query: jnp.ndarray, key: jnp.ndarray,
   Returns:
     (..., N, heads, head_dim), in the query's dtype.
   """
-  if not cpu_kernels.available():
-    raise RuntimeError('The fused CPU kernels are not available (see the '
-                       'log); use blocked_attention.dot_product_attention.')
+  cpu_kernels.require('blocked_attention.dot_product_attention')
   q = query.astype(jnp.float32) * query.shape[-1]**-0.5
   out = _attend(q, key.astype(jnp.float32), value.astype(jnp.float32))
   return out.astype(query.dtype)

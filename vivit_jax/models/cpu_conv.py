@@ -116,9 +116,7 @@ def conv(x: jnp.ndarray, kernel: jnp.ndarray,
   Returns:
     (batch, *out, F), out = spatial + low + high - window + 1, in x's dtype.
   """
-  if not cpu_kernels.available():
-    raise RuntimeError('The fused CPU kernels are not available (see the '
-                       'log); use cnn3d.unfolded_conv.')
+  cpu_kernels.require('cnn3d.unfolded_conv')
   missing = 3 - (x.ndim - 2)
   x3 = x.reshape(x.shape[0], *(1,) * missing, *x.shape[1:])
   kernel3 = kernel.reshape(*(1,) * missing, *kernel.shape)

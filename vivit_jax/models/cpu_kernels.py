@@ -105,6 +105,14 @@ def available() -> bool:
   return True
 
 
+def require(fallback: str) -> None:
+  """Raises, naming `fallback` (the XLA path to use instead), unless the
+  kernels are `available()`."""
+  if not available():
+    raise RuntimeError('The fused CPU kernels are not available (see the '
+                       f'log); use {fallback}.')
+
+
 def used() -> bool:
   """Whether models running now use the kernels: on the CPU backend, where
   they are `available()`."""
