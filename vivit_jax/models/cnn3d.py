@@ -10,15 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vivit_jax.models import cpu_batch_norm_pool
 from vivit_jax.models import cpu_conv
 from vivit_jax.models import cpu_kernels
 
 # Convolutions by the fused kernels of `cpu_conv` (where `cpu_kernels.used()`)
-# or as one matmul over unfolded patches (`unfolded_conv`), and max pooling
-# as a max over the axes of a reshaped array instead of XLA's reduce-window,
-# whose gradient (select-and-scatter, lowered on CPUs through packed (value,
-# index) pairs) took most of the train step. False gives
-# `lax.conv_general_dilated` and `nn.max_pool` (for tests and comparisons).
+# or as one matmul over unfolded patches (`unfolded_conv`); BatchNorm, ReLU
+# and max pooling by the fused kernels of `cpu_batch_norm_pool` (there, for
+# float32) or with max pooling as a max over the axes of a reshaped array
+# instead of XLA's reduce-window, whose gradient (select-and-scatter, lowered
+# on CPUs through packed (value, index) pairs) took most of the train step.
+# False gives `lax.conv_general_dilated`, `nn.BatchNorm`, `nn.relu` and
+# `nn.max_pool` (for tests and comparisons).
 FAST_PATHS = True
 _PADDING = ((1, 1),) * 3
 
@@ -95,6 +98,41 @@ def max_pool(x: jnp.ndarray, window: int) -> jnp.ndarray:
   return jnp.max(x, axis=(2, 4, 6))
 
 
+class BatchNormReluPool(nn.Module):
+  """`nn.BatchNorm` (its parameters, statistics and function), ReLU and
+  `max_pool`, in one pass of the fused CPU kernels over the input forward and
+  one backward (`cpu_batch_norm_pool`).
+
+  (batch, D, H, W, C) float32 -> (batch, D // window, H // window,
+  W // window, C).
+  """
+  use_running_average: bool
+  momentum: float
+  epsilon: float
+  axis_name: Optional[str]
+  window: int
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    channels = (x.shape[-1],)
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, channels)
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, channels)
+    scale = self.param('scale', nn.initializers.ones, channels)
+    bias = self.param('bias', nn.initializers.zeros, channels)
+    if self.use_running_average:
+      return cpu_batch_norm_pool.normalize_relu_pool(
+          x, ra_mean.value, jax.lax.rsqrt(ra_var.value + self.epsilon) * scale,
+          bias, self.window)
+    initializing = self.is_initializing()
+    pooled, mean, var = cpu_batch_norm_pool.batch_norm_relu_pool(
+        x, scale, bias, self.epsilon,
+        None if initializing else self.axis_name, self.window)
+    if not initializing:
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return pooled
+
+
 class CNN3D(nn.Module):
   """The term project's 3D CNN (its Section III.E).
 
@@ -117,12 +155,18 @@ class CNN3D(nn.Module):
   def __call__(self, clip: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     """(batch, D, H, W, C) -> (batch, num_classes)."""
     x = clip
+    fused = (FAST_PATHS and cpu_kernels.used()
+             and jnp.dtype(self.dtype) == jnp.float32)
     for i, features in enumerate(self.features):
       x = Conv3(features, self.dtype, name=f'Conv_{i}')(x)
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       epsilon=1e-5, axis_name=self.axis_name,
-                       dtype=self.dtype)(x)
-      x = max_pool(nn.relu(x), 2)
+      if fused:
+        x = BatchNormReluPool(not train, 0.9, 1e-5, self.axis_name, 2,
+                              name=f'BatchNorm_{i}')(x)
+      else:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         epsilon=1e-5, axis_name=self.axis_name,
+                         dtype=self.dtype, name=f'BatchNorm_{i}')(x)
+        x = max_pool(nn.relu(x), 2)
     x = jnp.mean(x, axis=(1, 2, 3))
     return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(
         jnp.float32)

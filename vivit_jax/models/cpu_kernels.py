@@ -1,8 +1,9 @@
 """The fused CPU kernels (`cpu_*.cc`), built on first use.
 
 XLA:CPU runs some of our models' ops far below the machine's peak:
-attention with small heads (`cpu_attention.cc`) and convolutions with few
-channels (`cpu_conv.cc`); benchmarks/PROFILE.md has the measurements. These
+attention with small heads (`cpu_attention.cc`), convolutions with few
+channels (`cpu_conv.cc`) and the passes of BatchNorm, ReLU and max pooling
+over a convolution's output (`cpu_batch_norm_pool.cc`); benchmarks/PROFILE.md has the measurements. These
 C++ sources compute the same functions as XLA FFI custom calls.
 
 The first call compiles them with the machine's C++ compiler (`$CXX`, else
@@ -37,10 +38,14 @@ ATTENTION_FORWARD = 'vivit_attention_forward'
 ATTENTION_BACKWARD = 'vivit_attention_backward'
 CONV_FORWARD = 'vivit_conv_forward'
 CONV_WEIGHT_GRAD = 'vivit_conv_weight_grad'
+BATCH_NORM_POOL_FORWARD = 'vivit_batch_norm_pool_forward'
+BATCH_NORM_POOL_BACKWARD = 'vivit_batch_norm_pool_backward'
 _TARGETS = {ATTENTION_FORWARD: 'VivitAttentionForward',
             ATTENTION_BACKWARD: 'VivitAttentionBackward',
             CONV_FORWARD: 'VivitConvForward',
-            CONV_WEIGHT_GRAD: 'VivitConvWeightGrad'}
+            CONV_WEIGHT_GRAD: 'VivitConvWeightGrad',
+            BATCH_NORM_POOL_FORWARD: 'VivitBatchNormPoolForward',
+            BATCH_NORM_POOL_BACKWARD: 'VivitBatchNormPoolBackward'}
 
 
 def _cpu_flags() -> str:
@@ -78,8 +83,8 @@ def _library_path() -> pathlib.Path:
 
 def _unavailable(reason: str) -> bool:
   logging.warning(
-      'vivit-jax: the fused CPU kernels could not be built (%s); attention '
-      'and convolutions take the slower XLA paths. Install a C++ compiler '
+      'vivit-jax: the fused CPU kernels could not be built (%s); attention, '
+      'convolutions and pooling take the slower XLA paths. Install a C++ compiler '
       '(g++ or clang), or name one in $CXX, to use them.', reason)
   return False
 
