@@ -46,6 +46,10 @@ INGREDIENTS = {
     'stem': ('convolutional stem of 16 and 32 filters, 1^3 tubelets (343 '
              'tokens)', {'model.stem_features': (16, 32),
                          'model.patches.size': (1, 1, 1)}),
+    'widestem': ('convolutional stem of 32 and 64 filters (the 3D CNN\'s '
+                 'first two widths), 1^3 tubelets (343 tokens)',
+                 {'model.stem_features': (32, 64),
+                  'model.patches.size': (1, 1, 1)}),
     'plain': ('no augmentation, label smoothing, stochastic depth or weight '
               'decay; 6 epochs, 1 of warm-up',
               {'augmentation.max_shift': 0,
