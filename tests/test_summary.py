@@ -33,6 +33,17 @@ def test_table_2(attention_type):
   assert figures['tokens'] == 16 * 14 * 14
 
 
+def test_cnn_flops_are_its_convolutions():
+  """XLA's cost analysis counts no FLOPs in the CPU kernels' custom calls;
+  the summary counts the XLA ops they replace: the term project's CNN is
+  its three convolutions' multiply-adds and little else."""
+  config = vivit_jax.load_config(str(REPO / 'configs/termproject.py:cnn3d'))
+  convolutions = sum(size**3 * 27 * channels * features for size, channels,
+                     features in ((28, 1, 32), (14, 32, 64), (7, 64, 128)))
+  gflops = summary.summarize(config)['gflops']
+  assert convolutions / 1e9 <= gflops <= 1.02 * convolutions / 1e9
+
+
 def test_summary_command_ends_with_one_json_line():
   result = subprocess.run(
       [sys.executable, 'run.py', '--config=configs/vivit_b.py', '--mode=summary',

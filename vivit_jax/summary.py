@@ -12,6 +12,7 @@ import numpy as np
 from vivit_jax import models
 from vivit_jax import spec as spec_lib
 from vivit_jax.models import attention
+from vivit_jax.models import cpu_kernels
 
 
 def abstract_variables(model, spec: spec_lib.Spec):
@@ -34,7 +35,8 @@ def forward_gflops(model, variables, spec: spec_lib.Spec) -> float:
   counts it as one, so this is XLA's count / 2.
   """
   clip = jax.ShapeDtypeStruct((1,) + spec.input_shape, jnp.float32)
-  with attention.xla_attention():  # Whose FLOPs the analysis counts.
+  # Ops whose FLOPs the analysis counts.
+  with attention.xla_attention(), cpu_kernels.xla_ops():
     lowered = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
         variables, clip)
   return lowered.cost_analysis()['flops'] / 2 / 1e9

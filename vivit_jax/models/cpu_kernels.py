@@ -118,7 +118,18 @@ def require(fallback: str) -> None:
                        f'log); use {fallback}.')
 
 
+# Part of jit's cache keys, so that a function traced outside is traced anew.
+_XLA_ONLY = jax.make_user_context(default_value=False)
+
+
+def xla_ops():
+  """A context in which models take XLA's ops instead of the kernels: ops
+  whose FLOPs XLA's cost analysis counts (it counts none in a custom call)."""
+  return _XLA_ONLY(True)
+
+
 def used() -> bool:
   """Whether models running now use the kernels: on the CPU backend, where
-  they are `available()`."""
-  return jax.default_backend() == 'cpu' and available()
+  they are `available()`, outside `xla_ops()`."""
+  return (jax.default_backend() == 'cpu' and not _XLA_ONLY.value
+          and available())
