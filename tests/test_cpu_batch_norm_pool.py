@@ -132,7 +132,8 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tests.test_cpu_batch_norm_pool import _inputs, _value_and_vjp, fused, reference
+from tests.test_cpu_batch_norm_pool import (_inputs, _value_and_vjp, fused,
+                                            reference)
 
 assert jax.local_device_count() == 4
 y, scale, bias = _inputs((4, 2, 6, 5, 6, 20), ties=False)

@@ -3,8 +3,9 @@
 XLA:CPU runs some of our models' ops far below the machine's peak:
 attention with small heads (`cpu_attention.cc`), convolutions with few
 channels (`cpu_conv.cc`) and the passes of BatchNorm, ReLU and max pooling
-over a convolution's output (`cpu_batch_norm_pool.cc`); benchmarks/PROFILE.md has the measurements. These
-C++ sources compute the same functions as XLA FFI custom calls.
+over a convolution's output (`cpu_batch_norm_pool.cc`);
+benchmarks/PROFILE.md has the measurements. These C++ sources compute the
+same functions as XLA FFI custom calls.
 
 The first call compiles them with the machine's C++ compiler (`$CXX`, else
 `c++`; about 15 s) for this CPU (`-march=native`) into one library in the
@@ -84,8 +85,8 @@ def _library_path() -> pathlib.Path:
 def _unavailable(reason: str) -> bool:
   logging.warning(
       'vivit-jax: the fused CPU kernels could not be built (%s); attention, '
-      'convolutions and pooling take the slower XLA paths. Install a C++ compiler '
-      '(g++ or clang), or name one in $CXX, to use them.', reason)
+      'convolutions and pooling take the slower XLA paths. Install a C++ '
+      'compiler (g++ or clang), or name one in $CXX, to use them.', reason)
   return False
 
 
