@@ -19,9 +19,10 @@
 // positions along w at a time, their kFeatures features held in registers
 // over the whole sum.
 // Weight gradient: x as above, dy (B, D, H, W, F) -> the kernel's gradient,
-// packed as the kernel is. Each (b, d) plane is one work item: kColumns
-// columns at a time, their kFeatures features held in registers over the
-// plane's H * W positions, added into a per-thread sum.
+// packed as the kernel is, and the bias's (the sum of dy over positions).
+// Each (b, d) plane is one work item: kColumns columns at a time, their
+// kFeatures features held in registers over the plane's H * W positions,
+// added into a per-thread sum.
 // The input gradient is a forward call (with the kernel flipped and its
 // channels and features swapped), made by the caller.
 
@@ -189,6 +190,15 @@ struct ForwardRow {
 struct WeightGradPlanes {
   void operator()(int64_t plane) {
     const int64_t b = plane / s.out_d, d = plane % s.out_d;
+    const float* dy_plane = dy + s.y_row(b, d, 0);
+    for (int64_t at = 0; at < s.out_h * s.out_w * s.features;
+         at += s.features) {
+      for (int64_t f = 0; f < s.features; f += kLanes) {
+        StoreUnaligned(bias_sum.data() + f,
+                       LoadUnaligned(bias_sum.data() + f) +
+                           LoadUnaligned(dy_plane + at + f));
+      }
+    }
     for (int64_t block = 0; block < s.blocks; ++block) {
       for (int64_t i = 0; i < s.kd; ++i) {
         for (int64_t j = 0; j < s.kh; ++j) {
@@ -207,12 +217,13 @@ struct WeightGradPlanes {
   void Finish() {
     std::lock_guard<std::mutex> lock(*mutex);
     for (size_t k = 0; k < sum.size(); ++k) grad[k] += sum[k];
+    for (size_t k = 0; k < bias_sum.size(); ++k) bias_grad[k] += bias_sum[k];
   }
   Shape s;
   const float *x, *dy;
-  float* grad;
+  float *grad, *bias_grad;
   std::mutex* mutex;
-  std::vector<float> sum;
+  std::vector<float> sum, bias_sum;
 };
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -227,16 +238,19 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
 
 ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                       ffi::Buffer<ffi::F32> dy,
-                      ffi::ResultBuffer<ffi::F32> grad) {
+                      ffi::ResultBuffer<ffi::F32> grad,
+                      ffi::ResultBuffer<ffi::F32> bias_grad) {
   const Shape s(x, *grad);
-  float* out = grad->typed_data();
+  float *out = grad->typed_data(), *bias_out = bias_grad->typed_data();
   std::fill(out, out + grad->element_count(), 0.0f);
+  std::fill(bias_out, bias_out + s.features, 0.0f);
   std::mutex mutex;
   const float *x_data = x.typed_data(), *dy_data = dy.typed_data();
   ForEach(pool, s.batch * s.out_d, [&] {
     return WeightGradPlanes{
-        s, x_data, dy_data, out, &mutex,
-        std::vector<float>(grad->element_count())};
+        s, x_data, dy_data, out, bias_out, &mutex,
+        std::vector<float>(grad->element_count()),
+        std::vector<float>(s.features)};
   });
   return ffi::Error::Success();
 }
@@ -257,4 +271,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitConvWeightGrad, vivit_jax::WeightGrad,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

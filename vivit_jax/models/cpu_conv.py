@@ -55,19 +55,20 @@ def _correlate(x: jnp.ndarray, kernel: jnp.ndarray,
 
 
 def _kernel_grad(x: jnp.ndarray, dy: jnp.ndarray,
-                 shape: Sequence[int]) -> jnp.ndarray:
-  """The gradient of `_correlate(x, kernel, bias)`'s kernel (of `shape`)
-  for the output gradient dy."""
+                 shape: Sequence[int]) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """The gradients of `_correlate(x, kernel, bias)`'s kernel (of `shape`)
+  and bias for the output gradient dy."""
   features = shape[-1]
   padded = _blocks(features) * _FEATURES
   dy = jnp.pad(dy, ((0, 0),) * 4 + ((0, padded - features),))
   kd, kh, kw, c, _ = shape
-  packed = jax.ffi.ffi_call(
+  packed, bias_grad = jax.ffi.ffi_call(
       cpu_kernels.CONV_WEIGHT_GRAD,
-      jax.ShapeDtypeStruct((_blocks(features), kd, kh, kw * c, _FEATURES),
-                           jnp.float32),
+      (jax.ShapeDtypeStruct((_blocks(features), kd, kh, kw * c, _FEATURES),
+                            jnp.float32),
+       jax.ShapeDtypeStruct((padded,), jnp.float32)),
       vmap_method='sequential')(x, dy)
-  return _unpack(packed, shape)
+  return _unpack(packed, shape), bias_grad[:features]
 
 
 def _pad(x: jnp.ndarray, padding) -> jnp.ndarray:
@@ -93,8 +94,7 @@ def _conv_backward(padding, residuals, dy):
   dx = _correlate(_pad(dy, [(k - 1 - lo, k - 1 - hi)
                             for k, (lo, hi) in zip(window, padding)]),
                   flipped, jnp.zeros(channels))
-  return (dx, _kernel_grad(padded, dy, kernel.shape),
-          jnp.sum(dy, axis=(0, 1, 2, 3)))
+  return (dx, *_kernel_grad(padded, dy, kernel.shape))
 
 
 _conv.defvjp(_conv_forward, _conv_backward)
