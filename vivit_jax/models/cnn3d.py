@@ -24,6 +24,9 @@ from vivit_jax.models import cpu_kernels
 # `nn.max_pool` (for tests and comparisons).
 FAST_PATHS = True
 _PADDING = ((1, 1),) * 3
+# The term project's BatchNorm (Flax's momentum: the share of the running
+# average kept) and max pooling window.
+_MOMENTUM, _EPSILON, _POOL = 0.9, 1e-5, 2
 
 
 def unfolded_conv(x: jnp.ndarray, kernel: jnp.ndarray,
@@ -160,13 +163,13 @@ class CNN3D(nn.Module):
     for i, features in enumerate(self.features):
       x = Conv3(features, self.dtype, name=f'Conv_{i}')(x)
       if fused:
-        x = BatchNormReluPool(not train, 0.9, 1e-5, self.axis_name, 2,
-                              name=f'BatchNorm_{i}')(x)
+        x = BatchNormReluPool(not train, _MOMENTUM, _EPSILON, self.axis_name,
+                              _POOL, name=f'BatchNorm_{i}')(x)
       else:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                         epsilon=1e-5, axis_name=self.axis_name,
+        x = nn.BatchNorm(use_running_average=not train, momentum=_MOMENTUM,
+                         epsilon=_EPSILON, axis_name=self.axis_name,
                          dtype=self.dtype, name=f'BatchNorm_{i}')(x)
-        x = max_pool(nn.relu(x), 2)
+        x = max_pool(nn.relu(x), _POOL)
     x = jnp.mean(x, axis=(1, 2, 3))
     return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(
         jnp.float32)

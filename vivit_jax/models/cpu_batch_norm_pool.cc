@@ -45,7 +45,8 @@ struct Shape {
         height(y.dimensions()[2]), width(y.dimensions()[3]),
         channels(y.dimensions()[4]), window(window),
         pooled_depth(depth / window), pooled_height(height / window),
-        pooled_width(width / window) {
+        pooled_width(width / window),
+        plane_groups((depth + window - 1) / window) {
     for (int64_t i = 0; i < window; ++i)
       for (int64_t j = 0; j < window; ++j)
         for (int64_t k = 0; k < window; ++k)
@@ -53,6 +54,9 @@ struct Shape {
   }
   int64_t batch, depth, height, width, channels, window, pooled_depth,
       pooled_height, pooled_width;
+  // Groups of `window` planes along D, the last cropped where D is not a
+  // multiple of `window`.
+  int64_t plane_groups;
   // Where each element of a window is, from its first, in floats.
   std::vector<int64_t> offsets;
 
@@ -105,11 +109,10 @@ struct ForwardPlane {
         using T = decltype(zero);
         T* z = reinterpret_cast<T*>(scratch.data());
         Normalized(s, stats, y + at, c, z);
-        T best = z[0], centered = LoadAs<T>(y + at + c) -
-                                  LoadAs<T>(stats.mean + c);
+        const T mean = LoadAs<T>(stats.mean + c);
+        T best = z[0], centered = LoadAs<T>(y + at + c) - mean;
         for (size_t e = 1; e < s.offsets.size(); ++e) {
-          const T u = LoadAs<T>(y + at + s.offsets[e] + c) -
-                      LoadAs<T>(stats.mean + c);
+          const T u = LoadAs<T>(y + at + s.offsets[e] + c) - mean;
           centered = z[e] > best ? u : centered;
           best = z[e] > best ? z[e] : best;
         }
@@ -130,8 +133,7 @@ struct BackwardPlanes {
   // Item (b, k): the planes [k * window, (k + 1) * window) of y, all but
   // the last (cropped) ones a row of windows.
   void operator()(int64_t item) {
-    const int64_t groups = (s.depth + s.window - 1) / s.window;
-    const int64_t b = item / groups, k = item % groups;
+    const int64_t b = item / s.plane_groups, k = item % s.plane_groups;
     const int64_t first = s.at(b, k * s.window, 0, 0);
     const int64_t end = s.at(b, std::min(s.depth, (k + 1) * s.window), 0, 0);
     for (int64_t at = first; at < end; at += s.channels) {
@@ -195,8 +197,7 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> y,
       s, {mean.typed_data(), mul.typed_data(), bias.typed_data()},
       y.typed_data(), g.typed_data(), alpha.typed_data(), beta.typed_data(),
       dy->typed_data(), std::vector<Vec>(s.offsets.size())};
-  const int64_t groups = (s.depth + window - 1) / window;
-  ForEach(pool, s.batch * groups, [&planes] { return planes; });
+  ForEach(pool, s.batch * s.plane_groups, [&planes] { return planes; });
   return ffi::Error::Success();
 }
 
