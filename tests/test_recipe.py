@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import vivit_jax
-from benchmarks import medmnist_ablation
+from benchmarks import ingredients
 from tests.conftest import REPO, SHARED
 from vivit_jax import config_builders
 from vivit_jax import spec as spec_lib
@@ -38,8 +38,8 @@ def test_the_recipe_differs_between_sets_only_where_their_metadata_does():
 def test_the_recipe_is_the_ablation_rows_it_was_chosen_as():
   recipe = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
   rebuilt = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
-  rebuilt.update_from_flattened_dict(medmnist_ablation.overrides(
-      medmnist_ablation.RECIPE_ROWS, 'adrenalmnist3d'))
+  rebuilt.update_from_flattened_dict(ingredients.overrides(
+      ingredients.RECIPE_ROWS, 'adrenalmnist3d'))
   assert _flat(rebuilt) == _flat(recipe)
 
 

@@ -404,6 +404,11 @@ def training(optimizer: str, base_learning_rate: float, batch_size: int,
   # Keeps the last this many checkpoints, and the best by checkpoint_metric.
   config.max_checkpoints_to_keep = 2
   config.checkpoint_metric = 'auc'  # Validation 'acc', 'auc' or 'loss'.
+  # num_folds > 0: run `fold` of a K-fold cross-validation over the train
+  # and val splits (`vivit_jax.data.folds`), for comparing configs on more
+  # examples than the val split holds; the test split is not evaluated.
+  config.cross_validation = ml_collections.ConfigDict(
+      {'num_folds': 0, 'fold': 0})
   return config
 
 

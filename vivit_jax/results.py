@@ -38,6 +38,14 @@ def summarize(spec: spec_lib.Spec, params, *, best_step: int, val: dict,
       'test': test,
       'warnings': [],
   }
+  cross_validation = config.cross_validation
+  if cross_validation.num_folds:
+    results['cross_validation'] = {
+        'num_folds': cross_validation.num_folds,
+        'fold': cross_validation.fold,
+        'note': (f"'test' is fold {cross_validation.fold} of the train and val "
+                 "splits, held out from training and validation; the set's "
+                 'test split was not evaluated.')}
   if test['predicted_classes'] == 1 and spec.num_classes > 1:
     warning = ('The model predicts a single class on every test example: its '
                "ACC is that class's share of the split, and only its AUC says "

@@ -127,7 +127,8 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'train'
     raise ValueError(f'Unknown mode {mode!r}: use one of {MODES}.')
   _check_init_from(config)
   _check_augmentation(config)
-  split_sizes = data.split_sizes(dataset)
+  _check_cross_validation(config)
+  split_sizes = data.split_sizes(dataset, config.cross_validation)
   fields['split_sizes'] = split_sizes
   if mode == 'train':
     fields.update(_schedule(config, split_sizes['train'], notes))
@@ -287,6 +288,24 @@ def _check_augmentation(config: ml_collections.ConfigDict) -> None:
   if config.augmentation.get('eval_flips') and not flips:
     config_error('augmentation.eval_flips', 'is set but flip_axes is empty',
                  f'Set augmentation.flip_axes to a subset of {allowed}.')
+
+
+def _check_cross_validation(config: ml_collections.ConfigDict) -> None:
+  num_folds = config.cross_validation.num_folds
+  fold = config.cross_validation.fold
+  if not num_folds:
+    return
+  if data.kind(config.dataset_configs) == 'video':
+    config_error('cross_validation.num_folds', 'cross-validation deals '
+                 'volumes held in memory into folds, not video files',
+                 'Set it to 0 for videos.')
+  if num_folds < 3:
+    config_error('cross_validation.num_folds', f'{num_folds} folds leave no '
+                 'fold to train on (one is held out, one validates)',
+                 'Use 3 or more folds, or 0 for the set\'s own splits.')
+  if not 0 <= fold < num_folds:
+    config_error('cross_validation.fold', f'{fold} is not in [0, {num_folds})',
+                 f'Give a fold from 0 to {num_folds - 1}.')
 
 
 def _schedule(config: ml_collections.ConfigDict, num_train: int,

@@ -1,0 +1,81 @@
+"""Candidate recipes compared by K-fold cross-validation over a set's train
+and val splits (`vivit_jax.data.folds`): one run per fold, each scoring its
+held-out fold once with the checkpoint its validation fold chose. The set's
+test split is not evaluated, so the comparison can choose a recipe that is
+then tested once.
+
+  python -m benchmarks.cross_validation --data_dir=../shared/data \
+      --workdir_root=/tmp/cv \
+      --candidates=first+plain+epochs20,first+plain+stem,configs/adrenal.py:cnn3d
+
+A candidate is either rows of `benchmarks.ingredients` joined by '+'
+(their changes applied in turn to configs/medmnist3d.py) or a config file
+with its argument. A run's workdir is `{candidate}_fold{k}` (a config's
+path and ':' turned into '_'); rerunning skips finished runs. Each figure is
+the mean +- standard deviation (ddof 0) over the folds.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+
+from benchmarks import ingredients
+from benchmarks import training_runs
+
+_DATASET = flags.DEFINE_string('dataset', 'adrenalmnist3d',
+                               'configs/medmnist3d.py argument.')
+_DATA_DIR = flags.DEFINE_string('data_dir', None,
+                                'Folder with the set\'s .npz.')
+_WORKDIR_ROOT = flags.DEFINE_string('workdir_root', '/tmp/cross_validation',
+                                    'One workdir per candidate and fold.')
+_CANDIDATES = flags.DEFINE_list(
+    'candidates', ['+'.join(ingredients.RECIPE_ROWS)],
+    'Ablation rows joined by "+", or config files with their argument.')
+_NUM_FOLDS = flags.DEFINE_integer('num_folds', 5, 'Folds (3 or more).')
+_SEED = flags.DEFINE_integer('seed', 0, 'config.rng_seed of every run.')
+
+
+def config_and_overrides(candidate: str, dataset: str) -> tuple[str, dict]:
+  """The config argument of `run.py` and the overrides of a candidate."""
+  if '.py' in candidate:
+    return candidate, {}
+  rows = candidate.split('+')
+  unknown = sorted(set(rows) - set(ingredients.INGREDIENTS))
+  if unknown:
+    raise app.UsageError(f'Unknown rows {unknown} in candidate {candidate!r}: '
+                         f'use {list(ingredients.INGREDIENTS)} or a '
+                         'config file.')
+  return (f'configs/medmnist3d.py:{dataset}',
+          ingredients.overrides(rows, dataset))
+
+
+def main(argv):
+  del argv
+  data_dir = ({'dataset_configs.data_dir': _DATA_DIR.value}
+              if _DATA_DIR.value else {})
+  mean_std = ingredients.mean_std
+  lines = ['| candidate | held-out ACC | held-out AUC | classes predicted '
+           '(held-out) | train s |', '|---|---|---|---|---|']
+  for candidate in _CANDIDATES.value:
+    config, changes = config_and_overrides(candidate, _DATASET.value)
+    name = candidate.replace('/', '_').replace(':', '_')
+    results = [training_runs.train(
+        config, os.path.join(_WORKDIR_ROOT.value, f'{name}_fold{fold}'),
+        {**data_dir, **changes, 'rng_seed': _SEED.value,
+         'cross_validation.num_folds': _NUM_FOLDS.value,
+         'cross_validation.fold': fold})
+               for fold in range(_NUM_FOLDS.value)]
+    figures = [mean_std([r['test'][metric] for r in results])
+               for metric in ('acc', 'auc')]
+    classes = ','.join(str(r['test']['predicted_classes']) for r in results)
+    seconds = mean_std([r['train_seconds'] for r in results], digits=0)
+    lines.append(f'| {candidate} | {" | ".join(figures)} | {classes} | '
+                 f'{seconds} |')
+  print(f'{_NUM_FOLDS.value}-fold cross-validation over train + val of '
+        f'{_DATASET.value}, seed {_SEED.value}:')
+  print('\n'.join(lines))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,77 @@
+"""The ingredients of the MedMNIST 3D recipe: named changes to
+configs/medmnist3d.py, applied in turn by `benchmarks.medmnist_ablation` and
+compared by `benchmarks.cross_validation`."""
+
+from typing import Sequence
+
+import numpy as np
+
+from vivit_jax.data import medmnist
+
+# Row name -> (what it changes, the config overrides it adds to the rows
+# before it on the command line). FLIPS: the set's label-preserving flips.
+FLIPS = 'flips'
+INGREDIENTS = {
+    'recipe': ('configs/medmnist3d.py as it is', {}),
+    'first': ('the first recipe: no stem, 4^3 tubelets (343 tokens), shifts '
+              'of 3, flips, intensity jitter 0.1, label smoothing 0.1, '
+              'stochastic depth 0.1, weight decay 0.05, 20 epochs, 2 of '
+              'warm-up',
+              {'model.stem_features': (), 'model.patches.size': (4, 4, 4),
+               'augmentation.max_shift': 3,
+               'augmentation.intensity_jitter': 0.1,
+               'augmentation.flip_axes': FLIPS,
+               'augmentation.label_smoothing': 0.1,
+               'model.stochastic_droplayer_rate': 0.1,
+               'optimizer_configs.weight_decay': 0.05,
+               'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
+    'stem': ('convolutional stem of 16 and 32 filters, 1^3 tubelets (343 '
+             'tokens)', {'model.stem_features': (16, 32),
+                         'model.patches.size': (1, 1, 1)}),
+    'widestem': ('convolutional stem of 32 and 64 filters (the 3D CNN\'s '
+                 'first two widths), 1^3 tubelets (343 tokens)',
+                 {'model.stem_features': (32, 64),
+                  'model.patches.size': (1, 1, 1)}),
+    'plain': ('no augmentation, label smoothing, stochastic depth or weight '
+              'decay; 6 epochs, 1 of warm-up',
+              {'augmentation.max_shift': 0,
+               'augmentation.intensity_jitter': 0.0,
+               'augmentation.flip_axes': (),
+               'augmentation.label_smoothing': 0.0,
+               'model.stochastic_droplayer_rate': 0.0,
+               'optimizer_configs.weight_decay': 0.0,
+               'num_training_epochs': 6, 'lr_configs.warmup_epochs': 1.0}),
+    'flips': ('the set\'s label-preserving flips',
+              {'augmentation.flip_axes': FLIPS}),
+    'tta': ('the set\'s label-preserving flips in training, and evaluation '
+            'averaging the logits over all their combinations',
+            {'augmentation.flip_axes': FLIPS,
+             'augmentation.eval_flips': True}),
+    'mixup': ('mixup, alpha 0.2', {'augmentation.mixup_alpha': 0.2}),
+    'ema': ('validation, checkpoints and test of the parameters\' moving '
+            'average, decay 0.99', {'ema_decay': 0.99}),
+    'epochs20': ('20 epochs, 2 of warm-up',
+                 {'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
+    'epochs40': ('40 epochs, 2 of warm-up',
+                 {'num_training_epochs': 40, 'lr_configs.warmup_epochs': 2.0}),
+}
+
+# configs/medmnist3d.py is these rows (tests/test_recipe.py checks it).
+RECIPE_ROWS = ('first', 'plain', 'epochs20')
+
+
+def overrides(rows: Sequence[str], dataset: str) -> dict:
+  """The config overrides of `rows` applied in turn, for `dataset`."""
+  flips = medmnist.default_flip_axes(dataset)
+  merged = {}
+  for row in rows:
+    merged.update({key: flips if value == FLIPS else value
+                   for key, value in INGREDIENTS[row][1].items()})
+  return merged
+
+
+def mean_std(values, digits: int = 3) -> str:
+  """'mean ± std' (ddof 0) of `values`, or the value when there is one."""
+  if len(values) == 1:
+    return f'{values[0]:.{digits}f}'
+  return f'{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}'
