@@ -12,13 +12,16 @@ A candidate is either rows of `benchmarks.ingredients` joined by '+'
 (their changes applied in turn to configs/medmnist3d.py) or a config file
 with its argument. A run's workdir is `{candidate}_fold{k}` (a config's
 path and ':' turned into '_'); rerunning skips finished runs. Each figure is
-the mean +- standard deviation (ddof 0) over the folds.
+the mean +- standard deviation (ddof 0) over the folds; every candidate
+sees the same folds, so its AUC is also compared with the first
+candidate's fold by fold (the mean and spread of the differences).
 """
 
 import os
 
 from absl import app
 from absl import flags
+import numpy as np
 
 from benchmarks import ingredients
 from benchmarks import training_runs
@@ -55,8 +58,10 @@ def main(argv):
   data_dir = ({'dataset_configs.data_dir': _DATA_DIR.value}
               if _DATA_DIR.value else {})
   mean_std = ingredients.mean_std
-  lines = ['| candidate | held-out ACC | held-out AUC | classes predicted '
-           '(held-out) | train s |', '|---|---|---|---|---|']
+  lines = ['| candidate | held-out ACC | held-out AUC | AUC - first\'s AUC, '
+           'fold by fold | classes predicted (held-out) | train s |',
+           '|---|---|---|---|---|---|']
+  first_aucs = None
   for candidate in _CANDIDATES.value:
     config, changes = config_and_overrides(candidate, _DATASET.value)
     name = candidate.replace('/', '_').replace(':', '_')
@@ -68,6 +73,9 @@ def main(argv):
                for fold in range(_NUM_FOLDS.value)]
     figures = [mean_std([r['test'][metric] for r in results])
                for metric in ('acc', 'auc')]
+    aucs = np.array([r['test']['auc'] for r in results])
+    first_aucs = aucs if first_aucs is None else first_aucs
+    figures.append(mean_std(aucs - first_aucs))
     classes = ','.join(str(r['test']['predicted_classes']) for r in results)
     seconds = mean_std([r['train_seconds'] for r in results], digits=0)
     lines.append(f'| {candidate} | {" | ".join(figures)} | {classes} | '

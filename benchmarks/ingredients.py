@@ -43,6 +43,11 @@ INGREDIENTS = {
                'num_training_epochs': 6, 'lr_configs.warmup_epochs': 1.0}),
     'flips': ('the set\'s label-preserving flips',
               {'augmentation.flip_axes': FLIPS}),
+    'augment': ('the 3D CNN\'s augmentation: shifts of 3 voxels, intensity '
+                'jitter 0.1, the set\'s label-preserving flips',
+                {'augmentation.max_shift': 3,
+                 'augmentation.intensity_jitter': 0.1,
+                 'augmentation.flip_axes': FLIPS}),
     'tta': ('the set\'s label-preserving flips in training, and evaluation '
             'averaging the logits over all their combinations',
             {'augmentation.flip_axes': FLIPS,

@@ -55,7 +55,8 @@ class Spec:
       class tokens not counted.
     num_tokens: the product of `token_grid` (0 for the CNN).
     num_classes, class_names: the classes in label order.
-    split_sizes: {'train', 'val', 'test'} -> examples; None in 'model' mode.
+    split_sizes: {'train', 'val', 'test'} -> examples (of the fold's run with
+      cross_validation); None in 'model' mode.
     steps_per_epoch, total_steps, warmup_steps: the schedule ('train' mode).
     eval_every_steps, checkpoint_every_steps: validation and extra
       checkpoints ('train' mode).
