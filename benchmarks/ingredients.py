@@ -32,6 +32,10 @@ INGREDIENTS = {
                  'first two widths), 1^3 tubelets (343 tokens)',
                  {'model.stem_features': (32, 64),
                   'model.patches.size': (1, 1, 1)}),
+    'bnstem': ('the 3D CNN\'s first two blocks as the stem: 32 and 64 '
+               'filters, BatchNorm and ReLU, 1^3 tubelets (343 tokens)',
+               {'model.stem_features': (32, 64), 'model.stem_norm': 'batch',
+                'model.patches.size': (1, 1, 1)}),
     'plain': ('no augmentation, label smoothing, stochastic depth or weight '
               'decay; 6 epochs, 1 of warm-up',
               {'augmentation.max_shift': 0,

@@ -88,6 +88,56 @@ def test_conv_stem_is_convolution_layer_norm_gelu_max_pool():
   np.testing.assert_allclose(module.apply(params, clip), x, atol=1e-5)
 
 
+@pytest.mark.parametrize('train', [False, True])
+def test_batch_norm_stem_is_convolution_batch_norm_relu_max_pool(train):
+  clip = _normal(0, (3, 4, 8, 8, 2))
+  module = stem.ConvStem((5, 6), norm='batch')
+  variables = _randomize(module.init(jax.random.key(0), clip))
+  variables['batch_stats'] = jax.tree.map(jnp.abs, variables['batch_stats'])
+  params, stats = variables['params'], variables['batch_stats']
+  x, expected_stats = clip, {}
+  for level in range(2):
+    conv, norm = params[f'Conv_{level}'], params[f'BatchNorm_{level}']
+    running = stats[f'BatchNorm_{level}']
+    x = jax.lax.conv_general_dilated(
+        x, conv['kernel'], (1, 1, 1), [(1, 1)] * 3,
+        dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC')) + conv['bias']
+    if train:
+      mean, var = x.mean((0, 1, 2, 3)), x.var((0, 1, 2, 3))
+      expected_stats[f'BatchNorm_{level}'] = {
+          'mean': 0.9 * running['mean'] + 0.1 * mean,
+          'var': 0.9 * running['var'] + 0.1 * var}
+    else:
+      mean, var = running['mean'], running['var']
+    x = (x - mean) / jnp.sqrt(var + 1e-5) * norm['scale'] + norm['bias']
+    x = nn.max_pool(nn.relu(x), (2, 2, 2), strides=(2, 2, 2))
+  assert x.shape == (3, 1, 2, 2, 6)
+  if train:
+    out, updates = module.apply(variables, clip, train=True,
+                                mutable=['batch_stats'])
+    jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4,
+                                   atol=1e-5),
+                 updates['batch_stats'], expected_stats)
+  else:
+    out = module.apply(variables, clip)
+  np.testing.assert_allclose(out, x, rtol=1e-4, atol=1e-4)
+
+
+def test_vivit_with_a_batch_norm_stem_keeps_its_statistics():
+  config = tiny_config(size=16, num_frames=8)
+  config.model.stem_features = (4,)
+  config.model.stem_norm = 'batch'
+  model = models.create_model(config)
+  clip = _normal(0, (2, 8, 16, 16, 1))
+  variables = model.init(jax.random.key(0), clip, train=False)
+  assert set(variables['params']['stem']) == {'Conv_0', 'BatchNorm_0'}
+  logits, updates = model.apply(variables, clip, train=True,
+                                mutable=['batch_stats'])
+  assert logits.shape == (2, 3)
+  assert not np.allclose(updates['batch_stats']['stem']['BatchNorm_0']['mean'],
+                         variables['batch_stats']['stem']['BatchNorm_0']['mean'])
+
+
 def test_vivit_with_a_stem_tokenises_the_stem_output():
   config = tiny_config(size=16, num_frames=8)
   config.model.stem_features = (4,)
@@ -346,6 +396,7 @@ def test_bfloat16_computes_in_bfloat16_with_float32_parameters():
     ({'classifier': 'gmp'}, 'config.model.classifier'),
     ({'stem_features': (4, 4, 4, 4)}, 'config.model.stem_features'),
     ({'stem_features': (4, 4)}, 'config.model.patches.size'),
+    ({'stem_norm': 'group'}, 'config.model.stem_norm'),
 ])
 def test_invalid_configs_name_the_field(change, field):
   config = tiny_config()
@@ -355,6 +406,7 @@ def test_invalid_configs_name_the_field(change, field):
   model.hidden_size = change.get('hidden_size', model.hidden_size)
   model.classifier = change.get('classifier', model.classifier)
   model.stem_features = change.get('stem_features', ())
+  model.stem_norm = change.get('stem_norm', model.stem_norm)
   model.attention_config.type = change.get('type', model.attention_config.type)
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):
     models.create_model(config)

@@ -49,6 +49,9 @@ MODEL_DEFAULTS = {
         # Filters of a convolutional stem's levels before the tubelets
         # (`models/stem.py`); () for none, as Scenic's ViViT.
         'stem_features': (),
+        # The stem's 'layer' (LayerNorm, GELU) or 'batch' (BatchNorm, ReLU:
+        # the 3D CNN's blocks) normalisation.
+        'stem_norm': 'layer',
         'temporal_encoding_config': {'method': '3d_conv',
                                      'n_sampled_frames': 0},
         # num_heads and mlp_dim None: the spatial encoder's.

@@ -20,6 +20,7 @@ import ml_collections
 from vivit_jax import config_builders
 from vivit_jax import data
 from vivit_jax.models import encoder
+from vivit_jax.models import stem
 from vivit_jax.models import vidtr
 from vivit_jax.models import vit
 from vivit_jax.models import vivit
@@ -240,6 +241,7 @@ def _check_stem(config: ml_collections.ConfigDict) -> tuple[int, int]:
     config_error('model.stem_features', 'a convolutional stem replaces the '
                  'pixels that a checkpoint\'s patch embedding reads',
                  'Drop init_from or the stem.')
+  _check_choice('model.stem_norm', model.stem_norm, stem.NORMS)
   scale = 2 ** levels
   if dataset.crop_size % scale or dataset.num_frames % scale:
     config_error('model.stem_features', f'{levels} stem levels halve the '

@@ -29,7 +29,8 @@ def create_model(config: Union[ml_collections.ConfigDict, 'spec.Spec'],
 
   Args:
     config: an experiment config, e.g. `configs/vivit_b.py`'s, or its Spec.
-    axis_name: `pmap` axis for the 3D CNN's batch statistics.
+    axis_name: `pmap` axis for the batch statistics of the 3D CNN and of a
+      ViViT's BatchNorm stem.
   Raises:
     spec.ConfigError: the config cannot build a model.
   """
@@ -60,6 +61,7 @@ def create_model(config: Union[ml_collections.ConfigDict, 'spec.Spec'],
       attention_type=model.attention_config.type,
       attention_order=model.attention_config.attention_order,
       stem_features=tuple(model.stem_features),
+      stem_norm=model.stem_norm, axis_name=axis_name,
       temporal_encoding=model.temporal_encoding_config.method,
       n_sampled_frames=model.temporal_encoding_config.n_sampled_frames,
       temporal_num_layers=temporal.num_layers,

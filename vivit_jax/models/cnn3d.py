@@ -136,12 +136,38 @@ class BatchNormReluPool(nn.Module):
     return pooled
 
 
+def batch_norm_blocks(x: jnp.ndarray, features: Sequence[int], *, train: bool,
+                      axis_name: Optional[str], dtype: jnp.dtype
+                      ) -> jnp.ndarray:
+  """The 3D CNN's blocks, built in the calling module (call it from its
+  `nn.compact` method): per level i, `Conv_i` (Conv3D, k=3, stride 1,
+  padding 1) -> `BatchNorm_i` -> ReLU -> MaxPool(2).
+
+  (batch, D, H, W, C) -> (batch, D', H', W', features[-1]), each size halved
+  (rounded down) per level; batch statistics averaged over `axis_name`.
+  """
+  fused = (FAST_PATHS and cpu_kernels.used()
+           and jnp.dtype(dtype) == jnp.float32)
+  for i, width in enumerate(features):
+    x = Conv3(width, dtype, name=f'Conv_{i}')(x)
+    if fused:
+      x = BatchNormReluPool(not train, _MOMENTUM, _EPSILON, axis_name, _POOL,
+                            name=f'BatchNorm_{i}')(x)
+    else:
+      x = nn.BatchNorm(use_running_average=not train, momentum=_MOMENTUM,
+                       epsilon=_EPSILON, axis_name=axis_name, dtype=dtype,
+                       name=f'BatchNorm_{i}')(x)
+      x = max_pool(nn.relu(x), _POOL)
+  return x
+
+
 class CNN3D(nn.Module):
   """The term project's 3D CNN (its Section III.E).
 
   Three blocks of Conv3D(k=3, stride 1, padding 1) -> BatchNorm -> ReLU ->
-  MaxPool(2), with 32, 64 and 128 filters, global average pooling and a
-  linear classifier: 279,435 parameters for 11 classes.
+  MaxPool(2) (`batch_norm_blocks`), with 32, 64 and 128 filters, global
+  average pooling and a linear classifier: 279,435 parameters for 11
+  classes.
 
   Attributes:
     axis_name: the `pmap` axis over which batch statistics are averaged.
@@ -157,19 +183,8 @@ class CNN3D(nn.Module):
   @nn.compact
   def __call__(self, clip: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     """(batch, D, H, W, C) -> (batch, num_classes)."""
-    x = clip
-    fused = (FAST_PATHS and cpu_kernels.used()
-             and jnp.dtype(self.dtype) == jnp.float32)
-    for i, features in enumerate(self.features):
-      x = Conv3(features, self.dtype, name=f'Conv_{i}')(x)
-      if fused:
-        x = BatchNormReluPool(not train, _MOMENTUM, _EPSILON, self.axis_name,
-                              _POOL, name=f'BatchNorm_{i}')(x)
-      else:
-        x = nn.BatchNorm(use_running_average=not train, momentum=_MOMENTUM,
-                         epsilon=_EPSILON, axis_name=self.axis_name,
-                         dtype=self.dtype, name=f'BatchNorm_{i}')(x)
-        x = max_pool(nn.relu(x), _POOL)
+    x = batch_norm_blocks(clip, self.features, train=train,
+                          axis_name=self.axis_name, dtype=self.dtype)
     x = jnp.mean(x, axis=(1, 2, 3))
     return nn.Dense(self.num_classes, dtype=self.dtype, name='head')(x).astype(
         jnp.float32)

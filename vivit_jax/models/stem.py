@@ -8,32 +8,50 @@ hybrid ViTs of Dosovitskiy et al. (Section 3.1) do with a ResNet.
 Clips are channels-last: (batch, T, H, W, C).
 """
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vivit_jax.models.cnn3d import batch_norm_blocks
 from vivit_jax.models.cnn3d import Conv3
 from vivit_jax.models.cnn3d import max_pool
 
+NORMS = ('layer', 'batch')
+
 
 class ConvStem(nn.Module):
-  """Per level: Conv3D(3^3, stride 1, padding 1) -> LayerNorm -> GELU ->
+  """Per level: Conv3D(3^3, stride 1, padding 1) -> norm -> activation ->
   MaxPool(2), with `features[i]` filters at level i.
 
-  Parameters: `Conv_i/{kernel (3, 3, 3, C_in, F_i), bias}` and
-  `LayerNorm_i/{scale, bias}`. LayerNorm over the channels, not BatchNorm,
-  so that an example's features do not depend on the rest of its batch.
+  norm 'layer': LayerNorm over the channels and GELU, so that an example's
+  features do not depend on the rest of its batch; parameters
+  `Conv_i/{kernel (3, 3, 3, C_in, F_i), bias}` and `LayerNorm_i/{scale,
+  bias}`. norm 'batch': the 3D CNN's blocks (`cnn3d.batch_norm_blocks`),
+  BatchNorm and ReLU; `BatchNorm_i/{scale, bias}` and the statistics
+  `batch_stats/BatchNorm_i/{mean, var}` instead of `LayerNorm_i`.
 
   Attributes:
     features: filters per level; each level halves T, H and W.
+    norm: 'layer' or 'batch'.
+    axis_name: the `pmap` axis over which batch statistics are averaged.
   """
   features: Sequence[int]
+  norm: str = 'layer'
+  axis_name: Optional[str] = None
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, clip: jnp.ndarray) -> jnp.ndarray:
-    """(batch, T, H, W, C) -> (batch, T/2^L, H/2^L, W/2^L, features[-1])."""
+  def __call__(self, clip: jnp.ndarray, *, train: bool = False
+               ) -> jnp.ndarray:
+    """(batch, T, H, W, C) -> (batch, T/2^L, H/2^L, W/2^L, features[-1]).
+
+    `train`: BatchNorm normalises by the batch's statistics and updates the
+    running ones (norm 'batch' only).
+    """
+    if self.norm == 'batch':
+      return batch_norm_blocks(clip, self.features, train=train,
+                               axis_name=self.axis_name, dtype=self.dtype)
     x = clip
     for i, features in enumerate(self.features):
       x = Conv3(features, self.dtype, name=f'Conv_{i}')(x)

@@ -37,6 +37,10 @@ class ViViT(nn.Module):
     stem_features: filters of the convolutional stem's levels (`ConvStem`),
       each halving T, H and W before the tubelets; () for none (Scenic's
       ViViT).
+    stem_norm: the stem's 'layer' (LayerNorm, GELU) or 'batch' (BatchNorm,
+      ReLU) normalisation.
+    axis_name: the `pmap` axis over which a BatchNorm stem averages its
+      batch statistics.
     positional_embedding, remat: see `encoder.Encoder`.
 
   No attribute has a default: `create_model` sets each from the config,
@@ -58,6 +62,8 @@ class ViViT(nn.Module):
   temporal_mlp_dim: int
   attention_order: str
   stem_features: Sequence[int]
+  stem_norm: str
+  axis_name: Optional[str]
   positional_embedding: str
   dropout_rate: float
   attention_dropout_rate: float
@@ -83,7 +89,8 @@ class ViViT(nn.Module):
   def __call__(self, clip: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     """(batch, T, H, W, C) -> (batch, num_classes)."""
     if self.stem_features:
-      clip = ConvStem(self.stem_features, dtype=self.dtype, name='stem')(clip)
+      clip = ConvStem(self.stem_features, self.stem_norm, self.axis_name,
+                      dtype=self.dtype, name='stem')(clip, train=train)
     if self.temporal_encoding == '3d_conv':
       tokens = embedding.TubeletEmbedding(
           self.hidden_size, self.patch_size, dtype=self.dtype,
