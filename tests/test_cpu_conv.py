@@ -52,6 +52,21 @@ def test_bias_and_its_gradient():
       x, kernel, bias, padding=((1, 1),) * 3))
 
 
+def test_gradients_are_the_same_bits_on_every_call():
+  """The kernel's gradient sums over many planes on several threads, in an
+  order that does not depend on which thread ran which planes."""
+  x = jax.random.normal(jax.random.key(0), (16, 12, 12, 12, 32))
+  kernel = 0.05 * jax.random.normal(jax.random.key(1), (3, 3, 3, 32, 64))
+  bias = jnp.zeros(64)
+  grads = jax.jit(jax.grad(
+      lambda k, b: jnp.sum(jnp.sin(cpu_conv.conv(x, k, ((1, 1),) * 3, b))),
+      argnums=(0, 1)))
+  first = [np.asarray(g) for g in grads(kernel, bias)]
+  for _ in range(10):
+    for again, expected in zip(grads(kernel, bias), first):
+      np.testing.assert_array_equal(again, expected)
+
+
 def test_under_vmap_and_pmap_and_in_bfloat16():
   x = jax.random.normal(jax.random.key(0), (3, 2, 5, 4, 6, 2))
   kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 2, 8))

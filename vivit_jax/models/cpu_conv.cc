@@ -20,16 +20,18 @@
 // over the whole sum.
 // Weight gradient: x as above, dy (B, D, H, W, F) -> the kernel's gradient,
 // packed as the kernel is, and the bias's (the sum of dy over positions).
-// Each (b, d) plane is one work item: kColumns columns at a time, their
-// kFeatures features held in registers over the plane's H * W positions,
-// added into a per-thread sum.
+// The B * D planes (b, d) are dealt, in order, into at most kPlaneGroups
+// groups of consecutive planes, one work item each: kColumns columns at a
+// time, their kFeatures features held in registers over a plane's H * W
+// positions, added into the group's own sum. The groups' sums are then
+// added in group order, so the result does not depend on which thread ran
+// which group: the same inputs give the same bits on every call.
 // The input gradient is a forward call (with the kernel flipped and its
 // channels and features swapped), made by the caller.
 
 #include <algorithm>
 #include <cstdint>
-#include <mutex>
-#include <vector>
+#include <memory>
 
 #include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
@@ -48,6 +50,11 @@ constexpr int kPositions = 12;
 constexpr int kPositions = 3;
 #endif
 constexpr int kColumns = kPositions;
+// Fixed, not the thread count, so that the sums' order is too; enough
+// groups to keep 16 threads busy.
+constexpr int64_t kPlaneGroups = 32;
+// Floats per work item of the final sum over the groups.
+constexpr int64_t kSumChunk = 4096;
 
 struct Shape {
   Shape(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& packed)
@@ -187,22 +194,35 @@ struct ForwardRow {
   float* y;
 };
 
-struct WeightGradPlanes {
-  void operator()(int64_t plane) {
+// One group of consecutive planes: its kernel and bias gradients, summed
+// over its planes, into `sum` (the kernel's) and `sum + grad_floats` (the
+// bias's).
+struct WeightGradGroup {
+  void operator()(int64_t group) const {
+    float* sum = sums + group * (grad_floats + s.features);
+    float* bias_sum = sum + grad_floats;
+    std::fill(sum, bias_sum + s.features, 0.0f);
+    const int64_t planes = s.batch * s.out_d;
+    for (int64_t plane = planes * group / groups,
+                 end = planes * (group + 1) / groups;
+         plane < end; ++plane) {
+      AddPlane(plane, sum, bias_sum);
+    }
+  }
+  void AddPlane(int64_t plane, float* sum, float* bias_sum) const {
     const int64_t b = plane / s.out_d, d = plane % s.out_d;
     const float* dy_plane = dy + s.y_row(b, d, 0);
     for (int64_t at = 0; at < s.out_h * s.out_w * s.features;
          at += s.features) {
       for (int64_t f = 0; f < s.features; f += kLanes) {
-        StoreUnaligned(bias_sum.data() + f,
-                       LoadUnaligned(bias_sum.data() + f) +
-                           LoadUnaligned(dy_plane + at + f));
+        StoreUnaligned(bias_sum + f, LoadUnaligned(bias_sum + f) +
+                                         LoadUnaligned(dy_plane + at + f));
       }
     }
     for (int64_t block = 0; block < s.blocks; ++block) {
       for (int64_t i = 0; i < s.kd; ++i) {
         for (int64_t j = 0; j < s.kh; ++j) {
-          float* g = sum.data() + block * s.block_floats() +
+          float* g = sum + block * s.block_floats() +
                      (i * s.kh + j) * s.window_floats();
           InChunks(s.columns, kColumns, [&](int64_t c, int64_t size) {
             WithCount<WeightGradColumns>(
@@ -214,16 +234,34 @@ struct WeightGradPlanes {
       }
     }
   }
-  void Finish() {
-    std::lock_guard<std::mutex> lock(*mutex);
-    for (size_t k = 0; k < sum.size(); ++k) grad[k] += sum[k];
-    for (size_t k = 0; k < bias_sum.size(); ++k) bias_grad[k] += bias_sum[k];
-  }
+  void Finish() {}
   Shape s;
   const float *x, *dy;
+  int64_t grad_floats, groups;
+  float* sums;
+};
+
+// The sum over groups, in group order, of the groups' sums, for one chunk
+// of their floats, written to the kernel's and the bias's gradients.
+struct SumGroups {
+  void operator()(int64_t chunk) const {
+    const int64_t start = chunk * kSumChunk,
+                  end = std::min(start + kSumChunk, count);
+    float total[kSumChunk];
+    std::copy(sums + start, sums + end, total);
+    for (int64_t group = 1; group < groups; ++group) {
+      const float* part = sums + group * count;
+      for (int64_t k = start; k < end; ++k) total[k - start] += part[k];
+    }
+    for (int64_t k = start; k < end; ++k) {
+      (k < grad_floats ? grad[k] : bias_grad[k - grad_floats]) =
+          total[k - start];
+    }
+  }
+  void Finish() {}
+  const float* sums;
+  int64_t count, grad_floats, groups;
   float *grad, *bias_grad;
-  std::mutex* mutex;
-  std::vector<float> sum, bias_sum;
 };
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -241,17 +279,16 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                       ffi::ResultBuffer<ffi::F32> grad,
                       ffi::ResultBuffer<ffi::F32> bias_grad) {
   const Shape s(x, *grad);
-  float *out = grad->typed_data(), *bias_out = bias_grad->typed_data();
-  std::fill(out, out + grad->element_count(), 0.0f);
-  std::fill(bias_out, bias_out + s.features, 0.0f);
-  std::mutex mutex;
-  const float *x_data = x.typed_data(), *dy_data = dy.typed_data();
-  ForEach(pool, s.batch * s.out_d, [&] {
-    return WeightGradPlanes{
-        s, x_data, dy_data, out, bias_out, &mutex,
-        std::vector<float>(grad->element_count()),
-        std::vector<float>(s.features)};
-  });
+  const int64_t grad_floats = grad->element_count();
+  const int64_t groups = std::min(kPlaneGroups, s.batch * s.out_d);
+  const int64_t count = grad_floats + s.features;
+  std::unique_ptr<float[]> sums(new float[groups * count]);
+  const WeightGradGroup group{s, x.typed_data(), dy.typed_data(), grad_floats,
+                              groups, sums.get()};
+  ForEach(pool, groups, [group] { return group; });
+  const SumGroups sum{sums.get(), count, grad_floats, groups,
+                      grad->typed_data(), bias_grad->typed_data()};
+  ForEach(pool, (count + kSumChunk - 1) / kSumChunk, [sum] { return sum; });
   return ffi::Error::Success();
 }
 
