@@ -66,7 +66,7 @@ INGREDIENTS = {
 }
 
 # configs/medmnist3d.py is these rows (tests/test_recipe.py checks it).
-RECIPE_ROWS = ('first', 'plain', 'bnstem')
+RECIPE_ROWS = ('first', 'plain', 'bnstem', 'epochs20')
 
 
 def overrides(rows: Sequence[str], dataset: str) -> dict:
