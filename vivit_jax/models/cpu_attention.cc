@@ -282,7 +282,6 @@ void ForEachHead(ffi::ThreadPool& pool, int64_t heads, const Head& h,
                  Work work) {
   struct Worker {
     void operator()(int64_t head) { work(scratch, head); }
-    void Finish() {}
     Work work;
     Scratch scratch;
   };

@@ -121,7 +121,6 @@ struct ForwardPlane {
       });
     });
   }
-  void Finish() {}
   const Shape& s;
   Statistics stats;
   const float* y;
@@ -165,7 +164,6 @@ struct BackwardPlanes {
       });
     });
   }
-  void Finish() {}
   const Shape& s;
   Statistics stats;
   const float *y, *g, *alpha, *beta;

@@ -188,7 +188,6 @@ struct ForwardRow {
       });
     }
   }
-  void Finish() {}
   Shape s;
   const float *x, *kernel, *bias;
   float* y;
@@ -234,7 +233,6 @@ struct WeightGradGroup {
       }
     }
   }
-  void Finish() {}
   Shape s;
   const float *x, *dy;
   int64_t grad_floats, groups;
@@ -258,7 +256,6 @@ struct SumGroups {
           total[k - start];
     }
   }
-  void Finish() {}
   const float* sums;
   int64_t count, grad_floats, groups;
   float *grad, *bias_grad;

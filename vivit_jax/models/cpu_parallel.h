@@ -32,9 +32,10 @@ inline void StoreUnaligned(float* p, Vec x) {
 }
 
 // Calls worker(i) for every i in [0, count), on the calling thread and on
-// the pool's threads, then worker.Finish() once on every thread that ran
-// any. Each thread makes its own worker with make_worker() before its first
-// item. Items are claimed from a shared counter. A pool task counts itself
+// the pool's threads. Each thread makes its own worker with make_worker()
+// before its first item (for its own scratch memory). Which thread runs
+// which item varies from call to call: items must not add into shared
+// memory, or sums would change with the order. Items are claimed from a shared counter. A pool task counts itself
 // active before it claims an item, so once the caller has found every item
 // claimed it need only wait for the active tasks: it never waits for a task
 // that has not started (which could wait behind this very call), and a task
@@ -56,7 +57,6 @@ void ForEach(xla::ffi::ThreadPool& pool, int64_t count,
       if (!worker) worker.emplace(make_worker());
       (*worker)(i);
     }
-    if (worker) worker->Finish();
   };
   const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
   for (int64_t t = 0; t < helpers; ++t) {
