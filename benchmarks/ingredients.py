@@ -59,6 +59,11 @@ INGREDIENTS = {
     'mixup': ('mixup, alpha 0.2', {'augmentation.mixup_alpha': 0.2}),
     'ema': ('validation, checkpoints and test of the parameters\' moving '
             'average, decay 0.99', {'ema_decay': 0.99}),
+    'regularize': ('weight decay 0.05, dropout 0.1 and stochastic depth 0.1 '
+                   'in the transformer',
+                   {'optimizer_configs.weight_decay': 0.05,
+                    'model.dropout_rate': 0.1,
+                    'model.stochastic_droplayer_rate': 0.1}),
     'epochs20': ('20 epochs, 2 of warm-up',
                  {'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
     'epochs40': ('40 epochs, 2 of warm-up',
