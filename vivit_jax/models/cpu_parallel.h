@@ -33,13 +33,14 @@ inline void StoreUnaligned(float* p, Vec x) {
 
 // Calls worker(i) for every i in [0, count), on the calling thread and on
 // the pool's threads. Each thread makes its own worker with make_worker()
-// before its first item (for its own scratch memory). Which thread runs
-// which item varies from call to call: items must not add into shared
-// memory, or sums would change with the order. Items are claimed from a shared counter. A pool task counts itself
-// active before it claims an item, so once the caller has found every item
-// claimed it need only wait for the active tasks: it never waits for a task
-// that has not started (which could wait behind this very call), and a task
-// that starts later finds no item and touches only the shared state.
+// before its first item (for its own scratch memory). Items are claimed
+// from a shared counter, so which thread runs which item varies from call
+// to call: items must not add into shared memory, or sums would change with
+// the order. A pool task counts itself active before it claims an item, so
+// once the caller has found every item claimed it need only wait for the
+// active tasks: it never waits for a task that has not started (which could
+// wait behind this very call), and a task that starts later finds no item
+// and touches only the shared state.
 template <typename MakeWorker>
 void ForEach(xla::ffi::ThreadPool& pool, int64_t count,
              MakeWorker make_worker) {
