@@ -36,6 +36,11 @@ INGREDIENTS = {
                'filters, BatchNorm and ReLU, 1^3 tubelets (343 tokens)',
                {'model.stem_features': (32, 64), 'model.stem_norm': 'batch',
                 'model.patches.size': (1, 1, 1)}),
+    'bnstem3': ('the 3D CNN\'s three blocks as the stem: 32, 64 and 128 '
+                'filters, BatchNorm and ReLU, 1^3 tubelets (27 tokens)',
+                {'model.stem_features': (32, 64, 128),
+                 'model.stem_norm': 'batch',
+                 'model.patches.size': (1, 1, 1)}),
     'plain': ('no augmentation, label smoothing, stochastic depth or weight '
               'decay; 6 epochs, 1 of warm-up',
               {'augmentation.max_shift': 0,
@@ -64,6 +69,7 @@ INGREDIENTS = {
                    {'optimizer_configs.weight_decay': 0.05,
                     'model.dropout_rate': 0.1,
                     'model.stochastic_droplayer_rate': 0.1}),
+    'smooth': ('label smoothing 0.1', {'augmentation.label_smoothing': 0.1}),
     'epochs20': ('20 epochs, 2 of warm-up',
                  {'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
     'epochs40': ('40 epochs, 2 of warm-up',

@@ -151,6 +151,19 @@ def test_vivit_with_a_stem_tokenises_the_stem_output():
   assert model.apply({'params': params}, clip, train=False).shape == (2, 3)
 
 
+def test_a_stem_rounds_odd_sizes_down_as_the_cnn():
+  config = tiny_config(size=10, num_frames=6, patch_size=(1, 1, 1))
+  config.model.stem_features = (4, 4)
+  config.model.stem_norm = 'batch'
+  model = models.create_model(config)
+  clip = _normal(0, (2, 6, 10, 10, 1))
+  variables = model.init(jax.random.key(0), clip, train=False)
+  # 6 -> 3 -> 1 frames, 10 -> 5 -> 2 rows and columns: 1 x 2 x 2 tokens.
+  assert variables['params']['Transformer']['posembed_input'][
+      'pos_embedding'].shape == (1, 1 + 1 * 2 * 2, 16)
+  assert model.apply(variables, clip, train=False).shape == (2, 3)
+
+
 def test_uniform_frame_sampling_is_per_frame_patch_embedding():
   b, t, h, w, c, d, n_t = 2, 8, 8, 8, 1, 6, 3
   clip = _normal(1, (b, t, h, w, c))

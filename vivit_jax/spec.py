@@ -176,8 +176,8 @@ def _check_model(config: ml_collections.ConfigDict) -> tuple[int, ...]:
   if size % fh or size % fw:
     config_error('model.patches.size', f'patch {fh}x{fw} does not divide '
                  f'the {size} x {size} input of the tubelets',
-                 'Choose a patch size that divides the crop size (divided by '
-                 '2 per stem level).')
+                 'Choose a patch size that divides the crop size (halved, '
+                 'rounded down, per stem level).')
   spatial = (size // fh, size // fw)
   if name == 'vit':
     return spatial
@@ -194,15 +194,15 @@ def _check_model(config: ml_collections.ConfigDict) -> tuple[int, ...]:
       config_error('model.patches.size', f'tubelet depth t={ft} does not '
                    f'divide the {frames} frames of the tubelets\' input',
                    'Choose a tubelet depth that divides the number of frames '
-                   '(divided by 2 per stem level).')
+                   '(halved, rounded down, per stem level).')
     temporal = frames // ft
   else:
     temporal = encoding.n_sampled_frames
     if not 0 < temporal <= frames:
       config_error('model.temporal_encoding_config.n_sampled_frames',
                    f'cannot sample {temporal} of {frames} frames',
-                   'Choose 1 to num_frames frames (divided by 2 per stem '
-                   'level).')
+                   'Choose 1 to num_frames frames (halved, rounded down, per '
+                   'stem level).')
 
   no_class_token = {
       'factorized_self_attention_block': 'Model 3',
@@ -242,13 +242,14 @@ def _check_stem(config: ml_collections.ConfigDict) -> tuple[int, int]:
                  'pixels that a checkpoint\'s patch embedding reads',
                  'Drop init_from or the stem.')
   _check_choice('model.stem_norm', model.stem_norm, stem.NORMS)
-  scale = 2 ** levels
-  if dataset.crop_size % scale or dataset.num_frames % scale:
+  # Each level's pooling halves the sizes, rounding down as the 3D CNN's.
+  size, frames = dataset.crop_size >> levels, dataset.num_frames >> levels
+  if not (size and frames):
     config_error('model.stem_features', f'{levels} stem levels halve the '
-                 f'input {levels} times, but crop_size {dataset.crop_size} '
-                 f'and num_frames {dataset.num_frames} are not both '
-                 f'multiples of {scale}', 'Use fewer stem levels.')
-  return dataset.crop_size // scale, dataset.num_frames // scale
+                 f'input {levels} times, rounding down, which leaves nothing '
+                 f'of crop_size {dataset.crop_size} x num_frames '
+                 f'{dataset.num_frames}', 'Use fewer stem levels.')
+  return size, frames
 
 
 def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:

@@ -32,7 +32,8 @@ class ConvStem(nn.Module):
   `batch_stats/BatchNorm_i/{mean, var}` instead of `LayerNorm_i`.
 
   Attributes:
-    features: filters per level; each level halves T, H and W.
+    features: filters per level; each level halves T, H and W (rounding
+      down).
     norm: 'layer' or 'batch'.
     axis_name: the `pmap` axis over which batch statistics are averaged.
   """
@@ -44,7 +45,8 @@ class ConvStem(nn.Module):
   @nn.compact
   def __call__(self, clip: jnp.ndarray, *, train: bool = False
                ) -> jnp.ndarray:
-    """(batch, T, H, W, C) -> (batch, T/2^L, H/2^L, W/2^L, features[-1]).
+    """(batch, T, H, W, C) -> (batch, T >> L, H >> L, W >> L, features[-1]),
+    L = len(features): each level halves the sizes, rounding down.
 
     `train`: BatchNorm normalises by the batch's statistics and updates the
     running ones (norm 'batch' only).

@@ -35,8 +35,8 @@ class ViViT(nn.Module):
       temporal encoder (L_t = 0 is the average-pooling baseline).
     attention_order: Model 3's 'space_time' or 'time_space'.
     stem_features: filters of the convolutional stem's levels (`ConvStem`),
-      each halving T, H and W before the tubelets; () for none (Scenic's
-      ViViT).
+      each halving T, H and W (rounding down) before the tubelets; () for
+      none (Scenic's ViViT).
     stem_norm: the stem's 'layer' (LayerNorm, GELU) or 'batch' (BatchNorm,
       ReLU) normalisation.
     axis_name: the `pmap` axis over which a BatchNorm stem averages its
