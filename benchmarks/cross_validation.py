@@ -26,10 +26,6 @@ import numpy as np
 from benchmarks import ingredients
 from benchmarks import training_runs
 
-_DATASET = flags.DEFINE_string('dataset', 'adrenalmnist3d',
-                               'configs/medmnist3d.py argument.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                'Folder with the set\'s .npz.')
 _WORKDIR_ROOT = flags.DEFINE_string('workdir_root', '/tmp/cross_validation',
                                     'One workdir per candidate and fold.')
 _CANDIDATES = flags.DEFINE_list(
@@ -55,15 +51,15 @@ def config_and_overrides(candidate: str, dataset: str) -> tuple[str, dict]:
 
 def main(argv):
   del argv
-  data_dir = ({'dataset_configs.data_dir': _DATA_DIR.value}
-              if _DATA_DIR.value else {})
+  dataset, data_dir = (ingredients.DATASET.value,
+                       ingredients.data_dir_override())
   mean_std = ingredients.mean_std
   lines = ['| candidate | held-out ACC | held-out AUC | AUC - first\'s AUC, '
            'fold by fold | classes predicted (held-out) | train s |',
            '|---|---|---|---|---|---|']
   first_aucs = None
   for candidate in _CANDIDATES.value:
-    config, changes = config_and_overrides(candidate, _DATASET.value)
+    config, changes = config_and_overrides(candidate, dataset)
     name = candidate.replace('/', '_').replace(':', '_')
     results = [training_runs.train(
         config, os.path.join(_WORKDIR_ROOT.value, f'{name}_fold{fold}'),
@@ -81,7 +77,7 @@ def main(argv):
     lines.append(f'| {candidate} | {" | ".join(figures)} | {classes} | '
                  f'{seconds} |')
   print(f'{_NUM_FOLDS.value}-fold cross-validation over train + val of '
-        f'{_DATASET.value}, seed {_SEED.value}:')
+        f'{dataset}, seed {_SEED.value}:')
   print('\n'.join(lines))
 
 

@@ -4,9 +4,23 @@ compared by `benchmarks.cross_validation`."""
 
 from typing import Sequence
 
+from absl import flags
 import numpy as np
 
 from vivit_jax.data import medmnist
+
+# The set and its folder, for both scripts.
+DATASET = flags.DEFINE_string('dataset', 'adrenalmnist3d',
+                              'configs/medmnist3d.py argument.')
+DATA_DIR = flags.DEFINE_string('data_dir', None,
+                               'Folder with the set\'s .npz.')
+
+
+def data_dir_override() -> dict:
+  """The `--data_dir` flag as a config override ({} when not given)."""
+  return ({'dataset_configs.data_dir': DATA_DIR.value} if DATA_DIR.value
+          else {})
+
 
 # Row name -> (what it changes, the config overrides it adds to the rows
 # before it on the command line). FLIPS: the set's label-preserving flips.

@@ -23,10 +23,6 @@ from absl import flags
 from benchmarks import ingredients
 from benchmarks import training_runs
 
-_DATASET = flags.DEFINE_string('dataset', 'adrenalmnist3d',
-                               'configs/medmnist3d.py argument.')
-_DATA_DIR = flags.DEFINE_string('data_dir', None,
-                                'Folder with the set\'s .npz.')
 _WORKDIR_ROOT = flags.DEFINE_string('workdir_root', '/tmp/ablation',
                                     'One workdir per row below this folder.')
 _ROWS = flags.DEFINE_list(
@@ -40,8 +36,8 @@ _LAST_ONLY = flags.DEFINE_bool(
 
 def main(argv):
   del argv
-  data_dir = ({'dataset_configs.data_dir': _DATA_DIR.value}
-              if _DATA_DIR.value else {})
+  dataset, data_dir = (ingredients.DATASET.value,
+                       ingredients.data_dir_override())
   seeds = [int(seed) for seed in _SEEDS.value]
   lines = ['| rows | change | val ACC | val AUC | test ACC | test AUC | '
            'classes predicted (test) | train s |',
@@ -49,9 +45,9 @@ def main(argv):
   last = len(_ROWS.value)
   for rows in [_ROWS.value[:end] for end in range(
       last if _LAST_ONLY.value else 1, last + 1)]:
-    changes = ingredients.overrides(rows, _DATASET.value)
+    changes = ingredients.overrides(rows, dataset)
     results = [training_runs.train(
-        f'configs/medmnist3d.py:{_DATASET.value}',
+        f'configs/medmnist3d.py:{dataset}',
         os.path.join(_WORKDIR_ROOT.value, f'{"+".join(rows)}_seed{seed}'),
         {**data_dir, **changes, 'rng_seed': seed}) for seed in seeds]
     figures = [ingredients.mean_std([r[split][metric] for r in results])
