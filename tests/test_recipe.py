@@ -43,6 +43,14 @@ def test_the_recipe_is_the_ablation_rows_it_was_chosen_as():
   assert _flat(rebuilt) == _flat(recipe)
 
 
+@pytest.mark.parametrize('row', list(ingredients.INGREDIENTS))
+def test_every_ingredient_row_gives_a_valid_config(row):
+  config = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
+  config.update_from_flattened_dict(ingredients.overrides(
+      (*ingredients.RECIPE_ROWS, row), 'adrenalmnist3d'))
+  assert spec_lib.check_config(config, mode='model').num_tokens > 0
+
+
 @pytest.mark.parametrize('size', [28, 64])
 def test_size_64_keeps_the_token_count_small(size):
   config = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
