@@ -86,6 +86,8 @@ INGREDIENTS = {
     'smooth': ('label smoothing 0.1', {'augmentation.label_smoothing': 0.1}),
     'lr3e-4': ('peak learning rate 3e-4 instead of 1e-3',
                {'lr_configs.base_learning_rate': 3e-4}),
+    'lr1e-4': ('peak learning rate 1e-4 instead of 1e-3',
+               {'lr_configs.base_learning_rate': 1e-4}),
     'wide': ('a transformer of width 128 (4 heads of 32, MLP 512)',
              {'model.hidden_size': 128, 'model.mlp_dim': 512}),
     'epochs12': ('12 epochs, 2 of warm-up',
