@@ -88,8 +88,6 @@ INGREDIENTS = {
                {'lr_configs.base_learning_rate': 3e-4}),
     'lr1e-4': ('peak learning rate 1e-4 instead of 1e-3',
                {'lr_configs.base_learning_rate': 1e-4}),
-    'wide': ('a transformer of width 128 (4 heads of 32, MLP 512)',
-             {'model.hidden_size': 128, 'model.mlp_dim': 512}),
     'epochs12': ('12 epochs, 2 of warm-up',
                  {'num_training_epochs': 12, 'lr_configs.warmup_epochs': 2.0}),
     'epochs20': ('20 epochs, 2 of warm-up',
