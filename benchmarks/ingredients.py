@@ -1,6 +1,7 @@
 """The ingredients of the MedMNIST 3D recipe: named changes to
 configs/medmnist3d.py, applied in turn by `benchmarks.medmnist_ablation` and
-compared by `benchmarks.cross_validation`."""
+compared by `benchmarks.cross_validation`, and the two scripts' shared
+`--dataset` and `--data_dir` flags."""
 
 from typing import Sequence
 
