@@ -10,7 +10,7 @@ has 4 layers of joint space-time attention, Model 2 4 spatial and 2
 temporal layers, Model 3 4 blocks of factorised self-attention and Model 4
 4 layers whose heads attend half over space, half over time. All five
 models train alike: AdamW, 1 epoch of warm-up then cosine decay, batch 32,
-with the data set's label-preserving augmentation (`config_builders.augmentation`).
+with the data set's label-preserving augmentation (`dataset_configs.augmentation`).
 
 VTN and VidTr at the same width (64, 4 heads, MLP 256, 4 layers, 7 x 7
 patches: 16 per slice), with the 28 slices as frames:
@@ -25,6 +25,7 @@ patches: 16 per slice), with the 28 slices as frames:
 import ml_collections
 
 from vivit_jax import config_builders
+from vivit_jax.data import dataset_configs
 
 
 # arg -> (attention type, classifier); Models 3 and 4 have no class token.
@@ -71,8 +72,8 @@ def get_config(arg: str = 'model1') -> ml_collections.ConfigDict:
         classifier=classifier, temporal_num_layers=2)
     num_training_epochs = 20
 
-  config.dataset_configs = config_builders.medmnist_dataset('adrenalmnist3d')
-  config.augmentation = config_builders.augmentation('adrenalmnist3d', 28)
+  config.dataset_configs = dataset_configs.medmnist_dataset('adrenalmnist3d')
+  config.augmentation = dataset_configs.augmentation('adrenalmnist3d', 28)
   config.update(config_builders.training(
       'adamw', base_learning_rate=1e-3, batch_size=32,
       num_training_epochs=num_training_epochs, warmup_epochs=1.0,

@@ -18,6 +18,7 @@ import os
 import ml_collections
 
 from vivit_jax import config_builders
+from vivit_jax.data import dataset_configs
 
 
 # The DeiT-Tiny weights beside this repository (../shared/weights), found
@@ -38,8 +39,8 @@ def get_config(kernel_init_method: str = 'central_frame'
       hidden_size=192, num_layers=12, num_heads=3, mlp_dim=768,
       patch_size=(14, 14, 4))
   config.model.gelu_approximate = False
-  config.dataset_configs = config_builders.medmnist_dataset('adrenalmnist3d')
-  config.augmentation = config_builders.augmentation('adrenalmnist3d', 28)
+  config.dataset_configs = dataset_configs.medmnist_dataset('adrenalmnist3d')
+  config.augmentation = dataset_configs.augmentation('adrenalmnist3d', 28)
   config.init_from = config_builders.init_from(DEIT_TINY,
                                       kernel_init_method=kernel_init_method)
   config.update(config_builders.training(

@@ -23,6 +23,7 @@ it.
 import ml_collections
 
 from vivit_jax import config_builders
+from vivit_jax.data import dataset_configs
 from vivit_jax.data import medmnist
 
 
@@ -33,7 +34,7 @@ def get_config(dataset: str = 'adrenalmnist3d') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment_name = f'medmnist3d_{dataset}'
   config.model_name = 'vivit'
-  config.dataset_configs = config_builders.medmnist_dataset(dataset)
+  config.dataset_configs = dataset_configs.medmnist_dataset(dataset)
   # The size is a command-line choice: what depends on it follows it.
   size = config.dataset_configs.get_ref('size')
   config.dataset_configs.num_frames = size
@@ -44,7 +45,7 @@ def get_config(dataset: str = 'adrenalmnist3d') -> ml_collections.ConfigDict:
       patch_size=(tubelet, tubelet, tubelet), classifier='gap')
   config.model.stem_features = (32, 64, 128)
   config.model.stem_norm = 'batch'
-  config.augmentation = config_builders.augmentation(dataset, 28)
+  config.augmentation = dataset_configs.augmentation(dataset, 28)
   config.augmentation.update(max_shift=0, intensity_jitter=0.0, flip_axes=())
   config.update(config_builders.training(
       'adamw', base_learning_rate=3e-4, batch_size=32, num_training_epochs=12,

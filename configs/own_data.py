@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from vivit_jax import config_builders
+from vivit_jax.data import dataset_configs
 
 
 def _tubelet_side(size: int) -> int:
@@ -49,10 +50,10 @@ def get_config(path: str = '') -> ml_collections.ConfigDict:
       hidden_size=64, num_layers=4, num_heads=4, mlp_dim=256,
       patch_size=(_tubelet_side(height), _tubelet_side(width),
                   _tubelet_side(depth)))
-  config.dataset_configs = config_builders.arrays_dataset(
+  config.dataset_configs = dataset_configs.arrays_dataset(
       path, num_classes=int(labels.max()) + 1, num_frames=depth,
       crop_size=height, num_channels=channels)
-  config.augmentation = config_builders.augmentation('arrays', height)
+  config.augmentation = dataset_configs.augmentation('arrays', height)
   config.update(config_builders.training(
       'adamw', base_learning_rate=1e-3, batch_size=batch_size,
       num_training_epochs=20,

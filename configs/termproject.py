@@ -20,6 +20,7 @@ augmentation, as the paper does.
 import ml_collections
 
 from vivit_jax import config_builders
+from vivit_jax.data import dataset_configs
 
 ARGS = ('vivit1', 'vivit2', 'cnn3d')
 
@@ -43,8 +44,8 @@ def get_config(arg: str = 'vivit1') -> ml_collections.ConfigDict:
     # The term project names no dropout (its Section IV.A suggests it only as
     # future work), so none: config.model.attention_dropout_rate stays 0.
 
-  config.dataset_configs = config_builders.medmnist_dataset('organmnist3d')
-  config.augmentation = config_builders.augmentation('organmnist3d', 28)
+  config.dataset_configs = dataset_configs.medmnist_dataset('organmnist3d')
+  config.augmentation = dataset_configs.augmentation('organmnist3d', 28)
   config.augmentation.max_shift = 0  # The paper does not augment.
   config.augmentation.intensity_jitter = 0.0
 

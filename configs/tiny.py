@@ -7,6 +7,7 @@ the end-to-end check of CI, under a minute on a CPU.
 import ml_collections
 
 from vivit_jax import config_builders
+from vivit_jax.data import dataset_configs
 
 
 
@@ -18,8 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = config_builders.vivit_model(
       hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32,
       patch_size=(7, 7, 7))
-  config.dataset_configs = config_builders.medmnist_dataset('adrenalmnist3d')
-  config.augmentation = config_builders.augmentation('adrenalmnist3d', 28)
+  config.dataset_configs = dataset_configs.medmnist_dataset('adrenalmnist3d')
+  config.augmentation = dataset_configs.augmentation('adrenalmnist3d', 28)
 
   config.update(config_builders.training('adamw', base_learning_rate=1e-3,
                                 batch_size=8, num_training_epochs=1))

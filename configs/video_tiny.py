@@ -17,6 +17,7 @@ still; on 48 training videos this config reaches test accuracy 1.00 (chance
 import ml_collections
 
 from vivit_jax import config_builders
+from vivit_jax.data import dataset_configs
 from vivit_jax.data import video_transforms
 
 
@@ -29,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = config_builders.vivit_model(
       hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
       patch_size=(8, 8, 2))
-  config.dataset_configs = config_builders.video_dataset(
+  config.dataset_configs = dataset_configs.video_dataset(
       num_classes=3, num_frames=8, stride=2, crop_size=32, min_resize=36,
       num_test_clips=2, num_test_crops=1, zero_centering=True)
   # Table 7's K400 recipe, with a milder scale jitter for 36-pixel frames.

@@ -23,6 +23,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from vivit_jax import config_builders
+from vivit_jax.data import dataset_configs
 
 # arg -> (frames, down-sampling layers, frames kept).
 VARIANTS = {
@@ -48,7 +49,7 @@ def get_config(arg: str = 's') -> ml_collections.ConfigDict:
       patch_size=(16, 16), pooling='topk_std', pool_layers=layers,
       pool_frames=kept)
 
-  config.dataset_configs = config_builders.kinetics400_dataset()
+  config.dataset_configs = dataset_configs.kinetics400_dataset()
   config.dataset_configs.num_frames = frames
 
   config.init_from = config_builders.init_from(config_dict.placeholder(str))

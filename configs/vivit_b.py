@@ -18,6 +18,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from vivit_jax import config_builders
+from vivit_jax.data import dataset_configs
 from vivit_jax.data import video_transforms
 
 
@@ -34,18 +35,18 @@ def get_config(arg: str = 'organmnist3d') -> ml_collections.ConfigDict:
       patch_size=(16, 16, 2), temporal_num_layers=4)
 
   if arg == 'kinetics400':
-    config.dataset_configs = config_builders.kinetics400_dataset()
+    config.dataset_configs = dataset_configs.kinetics400_dataset()
   elif arg == 'organmnist3d':
-    config.dataset_configs = config_builders.medmnist_dataset('organmnist3d',
+    config.dataset_configs = dataset_configs.medmnist_dataset('organmnist3d',
                                                               size=64)
-    config.augmentation = config_builders.augmentation('organmnist3d', 64)
+    config.augmentation = dataset_configs.augmentation('organmnist3d', 64)
   elif arg == 'video':
     # Video files (data_dir/{train,val,test}/CLASS/*, or layout='csv'):
     # 32 frames at stride 2, shorter side 256, 224 crops, 4 views (Sec. 4.1);
     # Table 7's K400 augmentation. Epic Kitchens / SSv2 add RandAugment
     # (2 layers, magnitude 15 / 20), label smoothing 0.2 / 0.3 and mixup
     # 0.1 / 0.3: set them in config.augmentation.
-    config.dataset_configs = config_builders.video_dataset(
+    config.dataset_configs = dataset_configs.video_dataset(
         num_classes=400, num_frames=32, stride=2, crop_size=224,
         min_resize=256, num_test_clips=4, num_test_crops=1)
     config.augmentation = video_transforms.augmentation_config()

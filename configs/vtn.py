@@ -21,6 +21,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from vivit_jax import config_builders
+from vivit_jax.data import dataset_configs
 
 LAYERS = {'1layer': 1, '3layer': 3}
 
@@ -43,7 +44,7 @@ def get_config(arg: str = '3layer') -> ml_collections.ConfigDict:
   config.model.temporal_transformer.attention_dropout_rate = 0.1
   config.model.head.dropout_rate = 0.5  # The paper gives no rate: ours.
 
-  config.dataset_configs = config_builders.kinetics400_dataset()
+  config.dataset_configs = dataset_configs.kinetics400_dataset()
   config.dataset_configs.num_frames = 250  # Full-video inference, Table 7.
 
   config.init_from = config_builders.init_from(config_dict.placeholder(str))

@@ -15,10 +15,10 @@ import pytest
 
 import vivit_jax
 from tests.conftest import REPO, SHARED
-from vivit_jax import config_builders
 from vivit_jax import pretrained
 from vivit_jax import spec as spec_lib
 from vivit_jax import summary
+from vivit_jax.data import dataset_configs
 from vivit_jax.data import medmnist
 
 # Every config file and its arguments (None: get_config() without one).
@@ -64,13 +64,14 @@ def test_python_api_outside_the_repo(tmp_path):
       import numpy as np
       import vivit_jax
       from vivit_jax import config_builders as builders
+      from vivit_jax.data import dataset_configs
 
       config = builders.training('adamw', 1e-3, batch_size=8,
                                  num_training_epochs=1)
       config.model = builders.vivit_model(
           hidden_size=16, num_layers=1, num_heads=2, mlp_dim=32,
           patch_size=(4, 4, 4))
-      config.dataset_configs = builders.arrays_dataset(
+      config.dataset_configs = dataset_configs.arrays_dataset(
           {str(data_path)!r}, num_classes=3, num_frames=8, crop_size=8,
           class_names=('low', 'mid', 'high'))
       config.log_summary_steps = 1
@@ -194,7 +195,7 @@ def test_bench_runs_on_a_kinetics_shaped_config():
 def test_adrenalmnist3d_is_bundled(tmp_path, monkeypatch):
   monkeypatch.setattr(medmnist, 'DEFAULT_DATA_DIR', str(tmp_path / 'absent'))
   monkeypatch.setenv(medmnist.OFFLINE_ENV, '1')
-  path = medmnist.find_file(config_builders.medmnist_dataset('adrenalmnist3d'))
+  path = medmnist.find_file(dataset_configs.medmnist_dataset('adrenalmnist3d'))
   assert path == os.path.join(medmnist.BUNDLED_DIR, 'adrenalmnist3d.npz')
   assert (pathlib.Path(path).read_bytes() ==
           (SHARED / 'data' / 'adrenalmnist3d.npz').read_bytes())

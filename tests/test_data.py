@@ -17,10 +17,10 @@ import pytest
 
 import vivit_jax
 from tests.conftest import REPO, SHARED, run_on_host_devices
-from vivit_jax import config_builders
 from vivit_jax import data
 from vivit_jax import spec as spec_lib
 from vivit_jax.data import augment
+from vivit_jax.data import dataset_configs
 from vivit_jax.data import medmnist
 from vivit_jax.data import pipeline
 from vivit_jax.data import sources
@@ -40,12 +40,12 @@ needs_adrenal = pytest.mark.skipif(
 
 
 def adrenal_configs(data_dir, size=28):
-  return config_builders.medmnist_dataset('adrenalmnist3d', size,
+  return dataset_configs.medmnist_dataset('adrenalmnist3d', size,
                                           data_dir=str(data_dir))
 
 
 def augmentation_only(name='adrenalmnist3d', **fields):
-  augmentation = config_builders.augmentation(name, size=8)
+  augmentation = dataset_configs.augmentation(name, size=8)
   augmentation.update(fields)
   return augmentation
 

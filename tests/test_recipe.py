@@ -10,9 +10,9 @@ import pytest
 import vivit_jax
 from benchmarks import ingredients
 from tests.conftest import REPO, SHARED
-from vivit_jax import config_builders
 from vivit_jax import spec as spec_lib
 from vivit_jax import workdir as workdir_lib
+from vivit_jax.data import dataset_configs
 from vivit_jax.data import medmnist
 
 RECIPE = str(REPO / 'configs' / 'medmnist3d.py')
@@ -70,7 +70,7 @@ def test_the_recipe_trains_on_a_tiny_slice(tmp_path):
                       for split, size in sizes.items()
                       for kind in ('images', 'labels')})
   config = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
-  config.dataset_configs = config_builders.arrays_dataset(
+  config.dataset_configs = dataset_configs.arrays_dataset(
       str(path), num_classes=2, num_frames=28, crop_size=28,
       class_names=medmnist.class_names('adrenalmnist3d'))
   config.num_training_steps = 2

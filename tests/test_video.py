@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vivit_jax import config_builders
 from tests import video_fixtures
 from vivit_jax.data import DataError
+from vivit_jax.data import dataset_configs
 from vivit_jax.data import video
 from vivit_jax.data import video_randaugment
 from vivit_jax.data import video_source
@@ -50,7 +50,7 @@ def make_config(data_dir, augment=True, **dataset_fields):
   fields = dict(num_frames=8, stride=2, crop_size=32, min_resize=36,
                 num_test_clips=2, num_test_crops=3)
   fields.update(dataset_fields)
-  config.dataset_configs = config_builders.video_dataset(3, data_dir=data_dir,
+  config.dataset_configs = dataset_configs.video_dataset(3, data_dir=data_dir,
                                                 **fields)
   if augment:
     config.augmentation = video_transforms.augmentation_config(

@@ -9,7 +9,8 @@
   probabilities = classifier.predict(volumes)   # (N, T, H, W[, C]) -> (N, K)
 
 `create_model(config)` builds a config's Flax module; `config_builders`
-makes configs from Python; `evaluate_workdir(workdir)` re-evaluates a run.
+(and `vivit_jax.data.dataset_configs` for the data) makes configs from
+Python; `evaluate_workdir(workdir)` re-evaluates a run.
 """
 
 import importlib.util

@@ -7,7 +7,7 @@ FLIP_AXES along which a flip keeps the label), eval_flips (evaluate every
 example as the mean of its logits over all combinations of those flips),
 mixup_alpha (0: no mixup; the paper uses 0.1 to 0.3, Table 7) and
 label_smoothing (lambda of Eq. 11); see
-`vivit_jax.config_builders.augmentation`.
+`vivit_jax.data.dataset_configs.augmentation`.
 """
 
 import itertools

@@ -3,7 +3,7 @@
   VideoSource(config)                 train_batch(step), eval_batches(split).
   prediction_views(path, config)      the evaluation views of one file.
 
-`config.dataset_configs` (see `config_builders.video_dataset`): data_dir,
+`config.dataset_configs` (see `dataset_configs.video_dataset`): data_dir,
 layout (`video_lists`), num_classes, num_frames, stride, sample_by and
 target_fps (`video.timeline`), min_resize, crop_size, num_test_clips,
 num_test_crops, zero_centering (inputs in [-1, 1], else [0, 1]) and
