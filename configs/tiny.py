@@ -10,7 +10,6 @@ from vivit_jax import config_builders
 from vivit_jax.data import dataset_configs
 
 
-
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment_name = 'tiny_adrenalmnist3d'
@@ -23,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augmentation = dataset_configs.augmentation('adrenalmnist3d', 28)
 
   config.update(config_builders.training('adamw', base_learning_rate=1e-3,
-                                batch_size=8, num_training_epochs=1))
+                                         batch_size=8, num_training_epochs=1))
   config.eval_batch_size = 64
   config.num_training_steps = 6
   config.log_summary_steps = 1

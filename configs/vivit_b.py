@@ -22,7 +22,6 @@ from vivit_jax.data import dataset_configs
 from vivit_jax.data import video_transforms
 
 
-
 def get_config(arg: str = 'organmnist3d') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment_name = f'vivit_b_16x2_{arg}'
