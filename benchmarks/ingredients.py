@@ -92,6 +92,8 @@ INGREDIENTS = {
     'wide': ('a transformer of width 128 and MLP 512 (4 heads of 32)',
              {'model.hidden_size': 128, 'model.mlp_dim': 512,
               'model.temporal_transformer.mlp_dim': 512}),
+    'sam': ('sharpness-aware minimisation, radius 0.05 (two passes per '
+            'step)', {'sam_rho': 0.05}),
     'batch16': ('batch 16 instead of 32 (twice the steps)',
                 {'batch_size': 16}),
     'epochs12': ('12 epochs, 2 of warm-up',

@@ -282,6 +282,9 @@ def training(optimizer: str, base_learning_rate: float, batch_size: int,
   # the decay is min(ema_decay, (1 + step) / (10 + step)), so that the
   # average forgets its initial values within the first steps.
   config.ema_decay = 0.0
+  # Sharpness-aware minimisation: the radius rho of its perturbation (the
+  # paper: 0.05; 0: plain gradients). Each step then costs two passes.
+  config.sam_rho = 0.0
   config.batch_size = batch_size
   config.eval_batch_size = batch_size
   config.num_training_epochs = num_training_epochs

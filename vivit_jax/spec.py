@@ -335,6 +335,9 @@ def _schedule(config: ml_collections.ConfigDict, num_train: int,
     config_error('ema_decay', f'{config.ema_decay} is not in [0, 1)',
                  'Give a decay such as 0.99, or 0 to evaluate the parameters '
                  'themselves.')
+  if config.sam_rho < 0:
+    config_error('sam_rho', f'{config.sam_rho} is negative',
+                 'Give a radius such as 0.05, or 0 for plain gradients.')
   for field in ('num_training_epochs', 'num_training_steps',
                 'log_summary_steps', 'log_eval_steps', 'checkpoint_steps',
                 'max_checkpoints_to_keep'):

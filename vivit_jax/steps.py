@@ -62,6 +62,19 @@ def ema_update(ema_params, params, step: jax.Array, decay: float):
                       ema_params, params)
 
 
+def sharpness_aware_gradients(grad_fn: Callable, params, grads, rho: float):
+  """SAM's gradient (Foret et al., ICLR 2021, Eqs. 2-3): the gradient at
+  params + rho * g / ||g||, the first-order worst point of the ball of radius
+  `rho` around `params`, with g = `grads` (already averaged over devices).
+  `grad_fn(params) -> (value, grads)` is the step's loss gradient; what the
+  perturbed pass returns besides its gradient (batch statistics, logits) is
+  dropped. Returns the gradient averaged over devices."""
+  scale = rho / (optax.tree.norm(grads) + 1e-12)
+  perturbed = jax.tree.map(lambda p, g: p + scale * g, params, grads)
+  _, perturbed_grads = grad_fn(perturbed)
+  return jax.lax.pmean(perturbed_grads, AXIS)
+
+
 def replicate(tree):
   """`tree` on every local device, sharded as the pmapped steps' outputs
   are, so that the steps compile once."""
@@ -111,11 +124,15 @@ def make_train_step(model, spec: spec_lib.Spec) -> Callable:
   per-device batch), with 'inputs', 'targets' (soft, (B, K)) and 'labels'.
   The dropout key is `rng` folded with the step and the device index. A
   state with `ema_params` updates them with `config.ema_decay`
-  (`ema_update`). The input state is donated; `metrics`
+  (`ema_update`). With `config.sam_rho` > 0 the optimiser takes SAM's
+  gradient (`sharpness_aware_gradients`; two passes per step), while the
+  metrics and batch statistics are those of the unperturbed pass. The input
+  state is donated; `metrics`
   (`metrics_collection`) is replicated over devices.
   """
   metrics_class = metrics_collection(spec.num_classes)
   ema_decay = spec.config.ema_decay
+  sam_rho = spec.config.sam_rho
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(jax.random.fold_in(rng, state.step),
@@ -133,6 +150,8 @@ def make_train_step(model, spec: spec_lib.Spec) -> Callable:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (losses, logits, updates)), grads = grad_fn(state.params)
     grads = jax.lax.pmean(grads, AXIS)
+    if sam_rho:
+      grads = sharpness_aware_gradients(grad_fn, state.params, grads, sam_rho)
     state = state.apply_gradients(grads=grads)
     if state.ema_params is not None:
       state = state.replace(ema_params=ema_update(
