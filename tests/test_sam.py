@@ -1,5 +1,6 @@
 """Sharpness-aware minimisation (`config.sam_rho`): the train step against
-SAM's update written out, for a ViViT and for the BatchNorm 3D CNN."""
+SAM's update written out, for a ViViT and for the recipe's ViViT, whose
+BatchNorm stem keeps the statistics of the unperturbed pass."""
 
 import jax
 import jax.numpy as jnp
@@ -19,11 +20,15 @@ RHO = 0.05
 
 def _config(config_arg: str, sam_rho: float):
   """The config with SAM and plain SGD at a constant rate of 1, so that a
-  step moves the parameters by minus the gradient it took."""
+  step moves the parameters by minus the gradient it took, and without
+  dropout or stochastic depth, so that a pass is a function of the
+  parameters."""
   config = vivit_jax.load_config(str(REPO / config_arg))
   config.dataset_configs.data_dir = str(SHARED / 'data')
   config.batch_size = 4
   config.sam_rho = sam_rho
+  config.model.dropout_rate = 0.0
+  config.model.stochastic_droplayer_rate = 0.0
   config.optimizer = 'sgd'
   config.optimizer_configs = {'momentum': 0.0, 'weight_decay': 0.0}
   config.lr_configs.learning_rate_schedule = 'constant'
