@@ -25,20 +25,31 @@ def data_dir_override() -> dict:
 
 # Row name -> (what it changes, the config overrides it adds to the rows
 # before it on the command line). FLIPS: the set's label-preserving flips.
+# 'first' sets every field that any row sets, so that rows starting from it
+# run what they ran whatever configs/medmnist3d.py holds now
+# (tests/test_recipe.py checks this).
 FLIPS = 'flips'
 INGREDIENTS = {
     'recipe': ('configs/medmnist3d.py as it is', {}),
     'first': ('the first recipe: no stem, 4^3 tubelets (343 tokens), shifts '
               'of 3, flips, intensity jitter 0.1, label smoothing 0.1, '
-              'stochastic depth 0.1, weight decay 0.05, 20 epochs, 2 of '
-              'warm-up',
-              {'model.stem_features': (), 'model.patches.size': (4, 4, 4),
+              'stochastic depth 0.1, weight decay 0.05, AdamW at 1e-3, 20 '
+              'epochs, 2 of warm-up',
+              {'model.stem_features': (), 'model.stem_norm': 'layer',
+               'model.patches.size': (4, 4, 4),
+               'model.hidden_size': 64, 'model.mlp_dim': 256,
+               'model.temporal_transformer.mlp_dim': 256,
+               'model.dropout_rate': 0.0,
+               'model.stochastic_droplayer_rate': 0.1,
                'augmentation.max_shift': 3,
                'augmentation.intensity_jitter': 0.1,
                'augmentation.flip_axes': FLIPS,
+               'augmentation.eval_flips': False,
+               'augmentation.mixup_alpha': 0.0,
                'augmentation.label_smoothing': 0.1,
-               'model.stochastic_droplayer_rate': 0.1,
                'optimizer_configs.weight_decay': 0.05,
+               'lr_configs.base_learning_rate': 1e-3, 'batch_size': 32,
+               'ema_decay': 0.0, 'sam_rho': 0.0,
                'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
     'stem': ('convolutional stem of 16 and 32 filters, 1^3 tubelets (343 '
              'tokens)', {'model.stem_features': (16, 32),

@@ -43,6 +43,12 @@ def test_the_recipe_is_the_ablation_rows_it_was_chosen_as():
   assert _flat(rebuilt) == _flat(recipe)
 
 
+def test_the_first_row_sets_every_field_a_row_sets():
+  first = ingredients.INGREDIENTS['first'][1]
+  for row, (_, fields) in ingredients.INGREDIENTS.items():
+    assert set(fields) <= set(first), (row, set(fields) - set(first))
+
+
 @pytest.mark.parametrize('row', list(ingredients.INGREDIENTS))
 def test_every_ingredient_row_gives_a_valid_config(row):
   config = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
