@@ -127,8 +127,8 @@ def make_train_step(model, spec: spec_lib.Spec) -> Callable:
   (`ema_update`). With `config.sam_rho` > 0 the optimiser takes SAM's
   gradient (`sharpness_aware_gradients`; two passes per step), while the
   metrics and batch statistics are those of the unperturbed pass. The input
-  state is donated; `metrics`
-  (`metrics_collection`) is replicated over devices.
+  state is donated; `metrics` (`metrics_collection`) is replicated over
+  devices.
   """
   metrics_class = metrics_collection(spec.num_classes)
   ema_decay = spec.config.ema_decay
