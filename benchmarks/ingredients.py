@@ -49,7 +49,7 @@ INGREDIENTS = {
                'augmentation.label_smoothing': 0.1,
                'optimizer_configs.weight_decay': 0.05,
                'lr_configs.base_learning_rate': 1e-3, 'batch_size': 32,
-               'ema_decay': 0.0, 'sam_rho': 0.0,
+               'ema_decay': 0.0, 'sam_rho': 0.0, 'balance_classes': False,
                'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
     'stem': ('convolutional stem of 16 and 32 filters, 1^3 tubelets (343 '
              'tokens)', {'model.stem_features': (16, 32),
@@ -105,6 +105,9 @@ INGREDIENTS = {
               'model.temporal_transformer.mlp_dim': 512}),
     'sam': ('sharpness-aware minimisation, radius 0.05 (two passes per '
             'step)', {'sam_rho': 0.05}),
+    'balance': ('the cross-entropy of each class weighted by N / (K n_k), '
+                'n_k its count among the N training volumes',
+                {'balance_classes': True}),
     'batch16': ('batch 16 instead of 32 (twice the steps)',
                 {'batch_size': 16}),
     'epochs12': ('12 epochs, 2 of warm-up',

@@ -223,6 +223,37 @@ def test_mixup_is_eq_12():
                              rtol=1e-5)
 
 
+def test_balanced_class_weights_equalise_the_classes():
+  labels = np.array([0, 0, 0, 0, 0, 0, 1, 1, 3], np.int32)
+  weights = augment.balanced_class_weights(labels, num_classes=4)
+  # N / (K n_k) with N = 9, K = 4; class 2 has no example.
+  np.testing.assert_allclose(weights, [9 / 24, 9 / 8, 0, 9 / 4], rtol=1e-6)
+  per_class = np.bincount(labels, weights=weights[labels], minlength=4)
+  np.testing.assert_allclose(per_class, [2.25, 2.25, 0, 2.25], rtol=1e-6)
+  # The mean weight is the share of classes present: 1 when all are.
+  np.testing.assert_allclose(weights[labels].mean(), 3 / 4, rtol=1e-6)
+
+
+def test_balance_classes_scales_the_targets_by_the_class_weights():
+  volumes = np.zeros((12, 2, 2, 2, 1), np.float32)
+  labels = np.array([0] * 9 + [1] * 3, np.int32)
+  config = ml_collections.ConfigDict({
+      'batch_size': 12, 'eval_batch_size': 4, 'rng_seed': 0,
+      'balance_classes': True,
+      'augmentation': augmentation_only(max_shift=0, label_smoothing=0.2)})
+  source = sources.ArraySource(
+      {split: (volumes, labels) for split in sources.SPLITS}, config=config,
+      class_names=['a', 'b'], task='binary-class')
+  batch = source.train_batch(0)
+  # Weights 12 / (2 * 9) and 12 / (2 * 3); smoothing 0.2 over 2 classes.
+  smoothed = np.where(np.eye(2)[batch['labels']] == 1, 0.9, 0.1)
+  np.testing.assert_allclose(batch['targets'], smoothed * [2 / 3, 2],
+                             rtol=1e-6)
+  config.balance_classes = False
+  np.testing.assert_allclose(source.train_batch(0)['targets'], smoothed,
+                             rtol=1e-6)
+
+
 def array_source(seed=3, **fields):
   volumes = np.random.default_rng(0).random((22, 4, 4, 4, 1), np.float32)
   config = ml_collections.ConfigDict({

@@ -285,6 +285,10 @@ def training(optimizer: str, base_learning_rate: float, batch_size: int,
   # Sharpness-aware minimisation: the radius rho of its perturbation (the
   # paper: 0.05; 0: plain gradients). Each step then costs two passes.
   config.sam_rho = 0.0
+  # Weights each class's term of the cross-entropy by N / (K n_k), n_k its
+  # count among the N training examples (`augment.balanced_class_weights`),
+  # by scaling the targets: for imbalanced sets.
+  config.balance_classes = False
   config.batch_size = batch_size
   config.eval_batch_size = batch_size
   config.num_training_epochs = num_training_epochs

@@ -90,6 +90,18 @@ def smooth_labels(one_hot: np.ndarray, lam: float) -> np.ndarray:
   return ((1 - lam) * one_hot + lam / one_hot.shape[-1]).astype(np.float32)
 
 
+def balanced_class_weights(labels: np.ndarray, num_classes: int
+                           ) -> np.ndarray:
+  """(K,) weights N / (K n_k) for the cross-entropy of each class, n_k the
+  number of class k among the N `labels` (scikit-learn's 'balanced'): every
+  class then weighs as much in the loss as any other, and the mean weight
+  over the N examples is 1 when every class has some. A class without
+  examples gets 0."""
+  counts = np.bincount(labels, minlength=num_classes)
+  return np.where(counts > 0, len(labels) / (num_classes * np.maximum(
+      counts, 1)), 0.0).astype(np.float32)
+
+
 def mixup(rng: np.random.Generator, volumes: np.ndarray, targets: np.ndarray,
           alpha: float) -> tuple[np.ndarray, np.ndarray]:
   """Eq. 12: mixes each example with a random partner from the batch.

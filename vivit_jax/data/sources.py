@@ -143,7 +143,7 @@ class ArraySource:
 
     Returns:
       {'inputs': (B, D, H, W, C) float32, 'targets': (B, K) float32
-      (smoothed, mixed), 'labels': (B,) int32}.
+      (smoothed, class-weighted, mixed), 'labels': (B,) int32}.
     """
     volumes, labels = self._splits['train']
     config, batch_size = self._config, self._config.batch_size
@@ -156,6 +156,8 @@ class ArraySource:
     targets = augment.smooth_labels(
         np.eye(self.num_classes, dtype=np.float32)[labels[rows]],
         augmentation.label_smoothing)
+    if config.get('balance_classes'):
+      targets *= augment.balanced_class_weights(labels, self.num_classes)
     if augmentation.mixup_alpha > 0:
       inputs, targets = augment.mixup(rng, inputs, targets,
                                       augmentation.mixup_alpha)

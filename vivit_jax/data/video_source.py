@@ -35,6 +35,7 @@ from vivit_jax.data import video
 from vivit_jax.data import video_lists
 from vivit_jax.data import video_randaugment
 from vivit_jax.data import video_transforms
+from vivit_jax.data.augment import balanced_class_weights
 from vivit_jax.data.augment import mixup
 from vivit_jax.data.augment import smooth_labels
 from vivit_jax.data.sources import DataError
@@ -309,8 +310,8 @@ class VideoSource:
 
     Returns:
       {'inputs': (B, T, crop, crop, 3) float32, 'targets': (B, K) float32
-      (one-hot, smoothed and mixed as config.augmentation says), 'labels':
-      (B,) int32}, B = config.batch_size.
+      (one-hot, smoothed, class-weighted and mixed as the config says),
+      'labels': (B,) int32}, B = config.batch_size.
     """
     batch_size = self._config.batch_size
     epoch, index = divmod(step, self.num_examples('train') // batch_size)
@@ -324,6 +325,10 @@ class VideoSource:
     targets = smooth_labels(
         np.eye(self.num_classes, dtype=np.float32)[labels],
         augmentation.label_smoothing if augmentation else 0.0)
+    if self._config.get('balance_classes'):
+      targets *= balanced_class_weights(
+          np.array([label for _, label, _ in self._videos['train']]),
+          self.num_classes)
     if augmentation and augmentation.mixup_alpha > 0:
       rng = generator(self._config.rng_seed, _BATCH, step)
       inputs, targets = mixup(rng, inputs, targets, augmentation.mixup_alpha)
