@@ -50,6 +50,7 @@ INGREDIENTS = {
                'optimizer_configs.weight_decay': 0.05,
                'lr_configs.base_learning_rate': 1e-3, 'batch_size': 32,
                'ema_decay': 0.0, 'sam_rho': 0.0, 'balance_classes': False,
+               'masked_pretraining.num_epochs': 0,
                'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
     'stem': ('convolutional stem of 16 and 32 filters, 1^3 tubelets (343 '
              'tokens)', {'model.stem_features': (16, 32),
@@ -108,6 +109,9 @@ INGREDIENTS = {
     'balance': ('the cross-entropy of each class weighted by N / (K n_k), '
                 'n_k its count among the N training volumes',
                 {'balance_classes': True}),
+    'mim': ('masked volume modelling on the training volumes first '
+            '(vivit_jax.masked_modeling): 30 epochs, half the tokens masked, '
+            'AdamW at 1e-3', {'masked_pretraining.num_epochs': 30}),
     'batch16': ('batch 16 instead of 32 (twice the steps)',
                 {'batch_size': 16}),
     'epochs12': ('12 epochs, 2 of warm-up',

@@ -289,6 +289,13 @@ def training(optimizer: str, base_learning_rate: float, batch_size: int,
   # count among the N training examples (`augment.balanced_class_weights`),
   # by scaling the targets: for imbalanced sets.
   config.balance_classes = False
+  # Masked volume modelling on the training volumes before training
+  # (`vivit_jax.masked_modeling`; ViViT Models 1, 3 and 4): num_epochs 0
+  # turns it off; the share of tokens masked, whether they are masked as
+  # tubes through every t, and AdamW's peak rate and warm-up.
+  config.masked_pretraining = ml_collections.ConfigDict({
+      'num_epochs': 0, 'mask_ratio': 0.5, 'tube_masking': False,
+      'base_learning_rate': 1e-3, 'warmup_epochs': 1.0})
   config.batch_size = batch_size
   config.eval_batch_size = batch_size
   config.num_training_epochs = num_training_epochs

@@ -20,9 +20,11 @@ logger = logging.getLogger(__name__)
 
 def summarize(spec: spec_lib.Spec, params, *, best_step: int, val: dict,
               test: dict, train_seconds: float,
+              pretrain_seconds: Optional[float] = None,
               skipped: Optional[dict] = None) -> dict:
   """The contents of results.json; warns when the model predicts a single
-  class on the test split."""
+  class on the test split. `pretrain_seconds`: those of masked pre-training
+  when this process ran it (a resumed run does not)."""
   config = spec.config
   results = {
       'dataset': config.dataset_configs.dataset_name,
@@ -34,6 +36,8 @@ def summarize(spec: spec_lib.Spec, params, *, best_step: int, val: dict,
       'steps': spec.total_steps,
       'best_step': best_step,
       'train_seconds': round(train_seconds, 1),
+      **({'pretrain_seconds': round(pretrain_seconds, 1)}
+         if pretrain_seconds is not None else {}),
       'val': val,
       'test': test,
       'warnings': [],

@@ -134,6 +134,7 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'train'
   fields['split_sizes'] = split_sizes
   if mode == 'train':
     fields.update(_schedule(config, split_sizes['train'], notes))
+    _check_masked_pretraining(config)
   config.lock()
   return Spec(**fields, notes=tuple(notes))
 
@@ -310,6 +311,29 @@ def _check_cross_validation(config: ml_collections.ConfigDict) -> None:
   if not 0 <= fold < num_folds:
     config_error('cross_validation.fold', f'{fold} is not in [0, {num_folds})',
                  f'Give a fold from 0 to {num_folds - 1}.')
+
+
+def _check_masked_pretraining(config: ml_collections.ConfigDict) -> None:
+  options = config.masked_pretraining
+  if options.num_epochs < 0:
+    config_error('masked_pretraining.num_epochs', f'{options.num_epochs} is '
+                 'negative', 'Give the epochs of pre-training, or 0 for none.')
+  if not options.num_epochs:
+    return
+  model = config.model
+  if config.model_name != 'vivit' or (
+      model.attention_config.type == 'factorized_encoder') or (
+          model.temporal_encoding_config.method != '3d_conv'):
+    config_error('masked_pretraining.num_epochs', 'masked pre-training needs '
+                 'a ViViT Model 1, 3 or 4 with tubelet embedding',
+                 'Set it to 0, or use such a model.')
+  if not 0 < options.mask_ratio < 1:
+    config_error('masked_pretraining.mask_ratio', f'{options.mask_ratio} is '
+                 'not in (0, 1)', 'Give the share of tokens to mask, e.g. 0.5.')
+  if options.base_learning_rate <= 0:
+    config_error('masked_pretraining.base_learning_rate',
+                 f'{options.base_learning_rate} is not positive',
+                 'Give a positive learning rate.')
 
 
 def _schedule(config: ml_collections.ConfigDict, num_train: int,

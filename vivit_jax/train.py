@@ -26,6 +26,7 @@ from vivit_jax import checkpoints
 from vivit_jax import data
 from vivit_jax import evaluate
 from vivit_jax import logs
+from vivit_jax import masked_modeling
 from vivit_jax import models
 from vivit_jax import optimizers
 from vivit_jax import pretrained
@@ -51,7 +52,9 @@ class TrainingStopped(Exception):
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
                        ) -> dict:
   """Trains (or resumes training) in `workdir`, then evaluates the best
-  checkpoint by validation metric on the validation and test splits.
+  checkpoint by validation metric on the validation and test splits. A run
+  that starts afresh first loads `config.init_from` and then runs
+  `config.masked_pretraining` (`masked_modeling.pretrain`), if they are set.
 
   Returns:
     The contents of `workdir/results.json`.
@@ -75,9 +78,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     init_rng, dropout_rng = jax.random.split(
         jax.random.key(spec.config.rng_seed))
     state = steps.create_train_state(spec, model, init_rng)
-    if not checkpoints.saved_steps(workdir):
+    fresh = not checkpoints.saved_steps(workdir)
+    if fresh:
       state = _load_pretrained(spec, state)
     source = data.create_source(spec.config)
+    pretrain_seconds = None
+    if fresh and spec.config.masked_pretraining.num_epochs:
+      state, pretrain_seconds = masked_modeling.pretrain(
+          spec, model, state, source, jax.random.fold_in(init_rng, 1))
     _describe(spec, state.params, workdir, lead)
     with checkpoints.create_manager(
         workdir, spec.config.checkpoint_metric,
@@ -95,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     results = results_lib.summarize(
         spec, state.params, best_step=best_step, val=final['val'],
         test=final['test'], train_seconds=progress.seconds(),
-        skipped=source.skipped)
+        pretrain_seconds=pretrain_seconds, skipped=source.skipped)
     if lead:
       results_lib.write(workdir, spec, results, final['test_predictions'])
   return results

@@ -86,8 +86,16 @@ class ViViT(nn.Module):
     return encoder.Encoder(**{**fields, **overrides})
 
   @nn.compact
-  def __call__(self, clip: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    """(batch, T, H, W, C) -> (batch, num_classes)."""
+  def __call__(self, clip: jnp.ndarray, *, train: bool,
+               token_mask: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+    """(batch, T, H, W, C) -> (batch, num_classes).
+
+    `token_mask` (batch, t, h, w) bool, for masked pre-training
+    (`vivit_jax.masked_modeling`; Models 1, 3 and 4): True replaces the
+    token by the learned `mask_token` (d,) before the encoder. Models 1, 3
+    and 4 sow the encoder's output, (batch, N, d) with N = t h w (+ 1 for a
+    class token, first), as `intermediates/encoded`.
+    """
     if self.stem_features:
       clip = ConvStem(self.stem_features, self.stem_norm, self.axis_name,
                       dtype=self.dtype, name='stem')(clip, train=train)
@@ -100,6 +108,11 @@ class ViViT(nn.Module):
           self.hidden_size, self.patch_size, self.n_sampled_frames,
           dtype=self.dtype, name='embedding')(clip)
     b, t, h, w, d = tokens.shape
+    if token_mask is not None:
+      mask_token = self.param('mask_token', nn.initializers.normal(0.02),
+                              (d,))
+      tokens = jnp.where(token_mask[..., None],
+                         mask_token.astype(tokens.dtype), tokens)
 
     if self.attention_type == 'factorized_encoder':
       x = tokens.reshape(b * t, h * w, d)
@@ -122,6 +135,7 @@ class ViViT(nn.Module):
       if self.classifier == 'token':
         x = prepend_class_token(self, x, 'cls')
       x = self._encoder('Transformer', temporal_dims=t)(x, train=train)
+      self.sow('intermediates', 'encoded', x)
       x = pool(x, self.classifier)
     return classify(x, self.num_classes, self.representation_size,
                      'output_projection', self.dtype)

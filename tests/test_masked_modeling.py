@@ -1,0 +1,167 @@
+"""Masked volume modelling (`config.masked_pretraining`): the masks, the
+hidden voxels and their targets written out with loops, the loss on masked
+tokens only, the model's mask token, no leak of hidden voxels through the
+stem, and pre-training before training end to end."""
+
+import dataclasses
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import vivit_jax
+from tests.conftest import REPO, SHARED, tiny_config
+from vivit_jax import masked_modeling
+from vivit_jax import models
+from vivit_jax import spec as spec_lib
+from vivit_jax import steps
+from vivit_jax import train
+
+GRID, REGION = (2, 3, 2), (2, 4, 3)
+
+
+@pytest.mark.parametrize('tube', [False, True])
+def test_masks_hide_an_exact_share_of_units(tube):
+  mask = np.asarray(masked_modeling.draw_mask(jax.random.key(1), 16, GRID,
+                                              0.5, tube))
+  assert mask.shape == (16,) + GRID and mask.dtype == bool
+  if tube:
+    assert (mask == mask[:, :1]).all()  # The same (h, w) in every t.
+    assert (mask[:, 0].reshape(16, -1).sum(-1) == 3).all()
+  else:
+    assert (mask.reshape(16, -1).sum(-1) == 6).all()
+  assert len({row.tobytes() for row in mask}) > 1  # Drawn per example.
+
+
+def _token_slices(index):
+  return tuple(slice(i * r, (i + 1) * r) for i, r in zip(index, REGION))
+
+
+def test_hide_zeroes_the_voxels_of_masked_tokens_only():
+  volumes = np.random.default_rng(0).random((3, 5, 13, 7, 2), np.float32)
+  mask = np.random.default_rng(1).random((3,) + GRID) < 0.5
+  hidden = np.asarray(masked_modeling.hide(jnp.asarray(volumes),
+                                           jnp.asarray(mask), REGION))
+  expected = volumes.copy()  # Depth 4 of 5, height 12 of 13: one left over.
+  for b, index in itertools.product(range(3), np.ndindex(*GRID)):
+    if mask[(b,) + index]:
+      expected[(b,) + _token_slices(index)] = 0
+  np.testing.assert_array_equal(hidden, expected)
+
+
+def test_region_voxels_follow_the_token_order():
+  volumes = np.random.default_rng(0).random((2, 5, 13, 7, 2), np.float32)
+  voxels = np.asarray(masked_modeling.region_voxels(jnp.asarray(volumes),
+                                                    GRID, REGION))
+  assert voxels.shape == (2, 12, 2 * 4 * 3 * 2)
+  for b, (n, index) in itertools.product(range(2),
+                                         enumerate(np.ndindex(*GRID))):
+    np.testing.assert_array_equal(
+        voxels[b, n].reshape(REGION + (2,)),
+        volumes[(b,) + _token_slices(index)])
+
+
+def test_the_loss_reads_masked_tokens_only():
+  rng = np.random.default_rng(2)
+  volumes = rng.random((2,) + tuple(g * r for g, r in zip(GRID, REGION))
+                       + (1,), np.float32)
+  mask = rng.random((2,) + GRID) < 0.5
+  predicted = rng.random((2, 12, 24), np.float32)
+  loss = masked_modeling.reconstruction_loss(predicted, volumes, mask, REGION)
+  target = np.asarray(masked_modeling.region_voxels(volumes, GRID, REGION))
+  errors = ((predicted - target) ** 2).mean(-1)[mask.reshape(2, 12)]
+  np.testing.assert_allclose(loss, errors.mean(), rtol=1e-6)
+  changed = np.where(mask.reshape(2, 12, 1), predicted, predicted + 5)
+  np.testing.assert_allclose(masked_modeling.reconstruction_loss(
+      changed, volumes, mask, REGION), loss, rtol=1e-6)
+
+
+def _model_and_variables(config, masked=True):
+  spec = spec_lib.check_config(config, mode='model')
+  model = models.create_model(spec)
+  clip = jnp.zeros((2,) + spec.input_shape)
+  token_mask = jnp.zeros((2,) + spec.token_grid, bool) if masked else None
+  variables = model.init(jax.random.key(0), clip, train=False,
+                         token_mask=token_mask)
+  return spec, model, variables
+
+
+def test_without_masked_tokens_the_model_is_unchanged():
+  spec, model, variables = _model_and_variables(tiny_config())
+  clip = jax.random.normal(jax.random.key(1), (2,) + spec.input_shape)
+  plain = {'params': {name: value for name, value in
+                      variables['params'].items() if name != 'mask_token'}}
+  np.testing.assert_array_equal(
+      model.apply(variables, clip, train=False,
+                  token_mask=jnp.zeros((2,) + spec.token_grid, bool)),
+      model.apply(plain, clip, train=False))
+
+
+def test_hidden_voxels_do_not_reach_the_encoder_through_the_stem():
+  config = tiny_config(classifier='gap', size=16, num_frames=8,
+                       patch_size=(2, 2, 2))
+  config.model.stem_features = (4, 4)  # Tokens of 8 x 8 x 8 voxels.
+  spec, model, variables = _model_and_variables(config)
+  region = masked_modeling.token_region(spec)
+  assert region == (8, 8, 8) and spec.token_grid == (1, 2, 2)
+  mask = jnp.asarray([[[[True, False], [False, True]]]] * 2)
+
+  def encoded(clip):
+    _, state = model.apply(variables, masked_modeling.hide(clip, mask, region),
+                           train=False, token_mask=mask,
+                           mutable=['intermediates'])
+    return state['intermediates']['encoded'][0]
+
+  clip = jax.random.normal(jax.random.key(1), (2,) + spec.input_shape)
+  noise = jax.random.normal(jax.random.key(2), clip.shape)
+  visible = masked_modeling.hide(jnp.ones_like(clip), mask, region)
+  np.testing.assert_array_equal(encoded(clip),
+                                encoded(clip + noise * (1 - visible)))
+  assert not np.allclose(encoded(clip), encoded(clip + noise * visible),
+                         atol=1e-3)
+
+
+def _recipe_slice(num_epochs):
+  """The recipe for 2 epochs of 2 steps of batch 8, with `num_epochs` of
+  masked pre-training."""
+  config = vivit_jax.load_config(str(REPO / 'configs/medmnist3d.py'))
+  config.dataset_configs.data_dir = str(SHARED / 'data')
+  config.batch_size = 8
+  config.num_training_epochs = 2
+  config.num_training_steps = 4
+  config.masked_pretraining.num_epochs = num_epochs
+  return config
+
+
+def test_pretraining_trains_all_but_the_classifier():
+  spec = dataclasses.replace(spec_lib.check_config(_recipe_slice(1)),
+                             steps_per_epoch=3)
+  model = models.create_model(spec, axis_name=steps.AXIS)
+  state = steps.create_train_state(spec, model, jax.random.key(0))
+  source = vivit_jax.data.create_source(spec.config)
+  pretrained, seconds = masked_modeling.pretrain(spec, model, state, source,
+                                                 jax.random.key(1))
+  assert seconds > 0 and pretrained.params.keys() == state.params.keys()
+  for name, value in state.params.items():
+    moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), value,
+                         pretrained.params[name])
+    assert all(jax.tree.leaves(moved)) == (name != 'output_projection'), name
+  assert not all(jax.tree.leaves(jax.tree.map(
+      np.array_equal, state.batch_stats, pretrained.batch_stats)))
+
+
+def test_a_run_with_pretraining_reports_its_seconds(tmp_path):
+  results = train.train_and_evaluate(_recipe_slice(1), str(tmp_path))
+  assert results['pretrain_seconds'] > 0
+  assert json.loads((tmp_path / 'results.json').read_text()) == results
+
+
+def test_pretraining_refuses_model_2():
+  config = _recipe_slice(1)
+  config.model.attention_config.type = 'factorized_encoder'
+  with pytest.raises(spec_lib.ConfigError,
+                     match=r'masked_pretraining\.num_epochs: .*Model 1, 3 or 4'):
+    spec_lib.check_config(config)
