@@ -51,6 +51,8 @@ INGREDIENTS = {
                'lr_configs.base_learning_rate': 1e-3, 'batch_size': 32,
                'ema_decay': 0.0, 'sam_rho': 0.0, 'balance_classes': False,
                'masked_pretraining.num_epochs': 0,
+               'masked_pretraining.tube_masking': False,
+               'masked_pretraining.mask_ratio': 0.5,
                'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
     'stem': ('convolutional stem of 16 and 32 filters, 1^3 tubelets (343 '
              'tokens)', {'model.stem_features': (16, 32),
@@ -112,6 +114,10 @@ INGREDIENTS = {
     'mim': ('masked volume modelling on the training volumes first '
             '(vivit_jax.masked_modeling): 30 epochs, half the tokens masked, '
             'AdamW at 1e-3', {'masked_pretraining.num_epochs': 30}),
+    'tubes75': ('with mim: VideoMAE\'s tube masking, 3/4 of the (h, w) '
+                'positions masked through every t',
+                {'masked_pretraining.tube_masking': True,
+                 'masked_pretraining.mask_ratio': 0.75}),
     'batch16': ('batch 16 instead of 32 (twice the steps)',
                 {'batch_size': 16}),
     'epochs12': ('12 epochs, 2 of warm-up',
