@@ -53,6 +53,7 @@ INGREDIENTS = {
                'masked_pretraining.num_epochs': 0,
                'masked_pretraining.tube_masking': False,
                'masked_pretraining.mask_ratio': 0.5,
+               'checkpoint_metric': 'auc',
                'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
     'stem': ('convolutional stem of 16 and 32 filters, 1^3 tubelets (343 '
              'tokens)', {'model.stem_features': (16, 32),
@@ -118,6 +119,9 @@ INGREDIENTS = {
                 'positions masked through every t',
                 {'masked_pretraining.tube_masking': True,
                  'masked_pretraining.mask_ratio': 0.75}),
+    'valloss': ('the checkpoint kept as best is the one with the lowest '
+                'validation loss (the 3D CNN\'s rule) instead of the highest '
+                'AUC', {'checkpoint_metric': 'loss'}),
     'batch16': ('batch 16 instead of 32 (twice the steps)',
                 {'batch_size': 16}),
     'epochs12': ('12 epochs, 2 of warm-up',
