@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import vivit_jax
-from tests.conftest import REPO, SHARED, tiny_config
+from tests.conftest import REPO, SHARED, run_on_host_devices, tiny_config
 from vivit_jax import masked_modeling
 from vivit_jax import models
 from vivit_jax import spec as spec_lib
@@ -136,14 +136,22 @@ def _recipe_slice(num_epochs):
   return config
 
 
-def test_pretraining_trains_all_but_the_classifier():
-  spec = dataclasses.replace(spec_lib.check_config(_recipe_slice(1)),
-                             steps_per_epoch=3)
+def pretrain_three_steps():
+  """(initial state, pre-trained state, seconds): the recipe pre-trained for
+  3 steps of batch 8, without dropout or stochastic depth."""
+  config = _recipe_slice(1)
+  config.model.dropout_rate = 0.0
+  config.model.stochastic_droplayer_rate = 0.0
+  spec = dataclasses.replace(spec_lib.check_config(config), steps_per_epoch=3)
   model = models.create_model(spec, axis_name=steps.AXIS)
   state = steps.create_train_state(spec, model, jax.random.key(0))
   source = vivit_jax.data.create_source(spec.config)
-  pretrained, seconds = masked_modeling.pretrain(spec, model, state, source,
-                                                 jax.random.key(1))
+  return (state,) + masked_modeling.pretrain(spec, model, state, source,
+                                             jax.random.key(1))
+
+
+def test_pretraining_trains_all_but_the_classifier():
+  state, pretrained, seconds = pretrain_three_steps()
   assert seconds > 0 and pretrained.params.keys() == state.params.keys()
   for name, value in state.params.items():
     moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), value,
@@ -151,6 +159,31 @@ def test_pretraining_trains_all_but_the_classifier():
     assert all(jax.tree.leaves(moved)) == (name != 'output_projection'), name
   assert not all(jax.tree.leaves(jax.tree.map(
       np.array_equal, state.batch_stats, pretrained.batch_stats)))
+
+
+def test_four_devices_pretrain_as_one(tmp_path):
+  """The same masks and batch statistics on 4 devices as on one."""
+  run_on_host_devices(
+      'import jax, numpy as np\n'
+      'from tests import test_masked_modeling\n'
+      '_, state, _ = test_masked_modeling.pretrain_three_steps()\n'
+      f'np.savez("{tmp_path}/four.npz", *jax.tree.leaves((state.params, '
+      'state.batch_stats)))\n', num_devices=4)
+  _, state, _ = pretrain_three_steps()
+  four = np.load(tmp_path / 'four.npz')
+  one = jax.tree_util.tree_flatten_with_path((state.params,
+                                              state.batch_stats))[0]
+  assert len(four.files) == len(one)
+  for index, (path, leaf) in enumerate(one):
+    name = jax.tree_util.keystr(path)
+    # Biases with no gradient in exact arithmetic (attention keys: softmax
+    # ignores a shift; convolutions before BatchNorm), which AdamW moves by
+    # rounding noise, and the running means that add the latter.
+    if name.endswith("['key']['bias']") or "['Conv_" in name and (
+        name.endswith("['bias']")) or name.endswith("['mean']"):
+      continue
+    np.testing.assert_allclose(four[f'arr_{index}'], leaf, rtol=1e-5,
+                               atol=1e-6, err_msg=name)
 
 
 def test_a_run_with_pretraining_reports_its_seconds(tmp_path):

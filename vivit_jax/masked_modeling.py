@@ -119,12 +119,16 @@ def _make_step(model, decoder: nn.Module, spec: spec_lib.Spec, tx):
   skip = 1 if spec.config.model.classifier == 'token' else 0
 
   def step(params, batch_stats, opt_state, batch, rng, index):
-    rng = jax.random.fold_in(jax.random.fold_in(rng, index),
-                             jax.lax.axis_index(steps.AXIS))
-    mask_rng, dropout_rng = jax.random.split(rng)
+    mask_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, index))
+    device = jax.lax.axis_index(steps.AXIS)
+    dropout_rng = jax.random.fold_in(dropout_rng, device)
     volumes = batch['inputs']
-    mask = draw_mask(mask_rng, volumes.shape[0], grid, options.mask_ratio,
-                     options.tube_masking)
+    # The global batch's mask, whatever the number of devices; this
+    # device's share of it.
+    local = volumes.shape[0]
+    mask = jax.lax.dynamic_slice_in_dim(draw_mask(
+        mask_rng, local * jax.lax.psum(1, steps.AXIS), grid,
+        options.mask_ratio, options.tube_masking), device * local, local)
 
     def loss_fn(params):
       variables = {'params': params['model']}
