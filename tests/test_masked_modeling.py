@@ -1,11 +1,14 @@
 """Masked volume modelling (`config.masked_pretraining`): the masks, the
 hidden voxels and their targets written out with loops, the loss on masked
 tokens only, the model's mask token, no leak of hidden voxels through the
-stem, and pre-training before training end to end."""
+stem, pre-training on 4 devices as on one, and before training end to end,
+stopped by a signal and run again."""
 
 import dataclasses
 import itertools
 import json
+import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -14,11 +17,13 @@ import pytest
 
 import vivit_jax
 from tests.conftest import REPO, SHARED, run_on_host_devices, tiny_config
+from vivit_jax import checkpoints
 from vivit_jax import masked_modeling
 from vivit_jax import models
 from vivit_jax import spec as spec_lib
 from vivit_jax import steps
 from vivit_jax import train
+from vivit_jax.data import pipeline
 
 GRID, REGION = (2, 3, 2), (2, 4, 3)
 
@@ -186,7 +191,23 @@ def test_four_devices_pretrain_as_one(tmp_path):
                                atol=1e-6, err_msg=name)
 
 
-def test_a_run_with_pretraining_reports_its_seconds(tmp_path):
+def test_a_stopped_pretraining_starts_again_and_reports_its_seconds(
+    tmp_path, monkeypatch):
+  train_batches = pipeline.train_batches
+
+  def sigterm_with_second_batch(*args, **kwargs):
+    for index, batch in enumerate(train_batches(*args, **kwargs)):
+      if index == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(pipeline, 'train_batches', sigterm_with_second_batch)
+  with pytest.raises(train.TrainingStopped,
+                     match='SIGTERM during masked pre-training'):
+    train.train_and_evaluate(_recipe_slice(1), str(tmp_path))
+  assert not checkpoints.saved_steps(str(tmp_path))
+  monkeypatch.undo()
+
   results = train.train_and_evaluate(_recipe_slice(1), str(tmp_path))
   assert results['pretrain_seconds'] > 0
   assert json.loads((tmp_path / 'results.json').read_text()) == results

@@ -18,6 +18,7 @@ of 28 with three levels) belong to no token and stay visible.
 import functools
 import logging
 import time
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -156,9 +157,11 @@ def _make_step(model, decoder: nn.Module, spec: spec_lib.Spec, tx):
 
 
 def pretrain(spec: spec_lib.Spec, model, state: steps.TrainState, source,
-             rng: jax.Array) -> tuple[steps.TrainState, float]:
+             rng: jax.Array, stop: Callable[[], bool] = lambda: False
+             ) -> tuple[steps.TrainState, float]:
   """Masked pre-training of the host `state`'s model for
-  `config.masked_pretraining.num_epochs` on `source`'s training batches.
+  `config.masked_pretraining.num_epochs` on `source`'s training batches,
+  or until `stop()` is true before a step.
 
   Returns:
     The state with the pre-trained parameters (but a fresh classifier; see
@@ -187,6 +190,8 @@ def pretrain(spec: spec_lib.Spec, model, state: steps.TrainState, source,
   batches = pipeline.train_batches(source, 0)
   try:
     for index, batch in zip(range(total_steps), batches):
+      if stop():
+        break
       *carry, loss = step_fn(*carry, batch, rngs, np.int32(index))
       losses.append(loss)
       if (index + 1) % spec.steps_per_epoch == 0:

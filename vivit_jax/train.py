@@ -84,8 +84,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
     source = data.create_source(spec.config)
     pretrain_seconds = None
     if fresh and spec.config.masked_pretraining.num_epochs:
-      state, pretrain_seconds = masked_modeling.pretrain(
-          spec, model, state, source, jax.random.fold_in(init_rng, 1))
+      state, pretrain_seconds = _pretrain(spec, model, state, source,
+                                          jax.random.fold_in(init_rng, 1))
     _describe(spec, state.params, workdir, lead)
     with checkpoints.create_manager(
         workdir, spec.config.checkpoint_metric,
@@ -141,6 +141,21 @@ def _load_pretrained(spec: spec_lib.Spec, state: steps.TrainState
   logger.info('%s', report)
   return state.replace(params=params, opt_state=state.tx.init(params)
                        ).restart_average()
+
+
+def _pretrain(spec: spec_lib.Spec, model, state: steps.TrainState, source,
+              rng: jax.Array) -> tuple[steps.TrainState, float]:
+  """`masked_modeling.pretrain`, stopped by SIGINT or SIGTERM (nothing of it
+  is saved)."""
+  with _stop_signals() as received:
+    state, seconds = masked_modeling.pretrain(spec, model, state, source, rng,
+                                              stop=lambda: bool(received))
+  if received:
+    raise TrainingStopped(
+        f'Stopped by {signal.Signals(received[0]).name} during masked '
+        'pre-training, which keeps no checkpoint. Run the same command to '
+        'start again.')
+  return state, seconds
 
 
 def _describe(spec: spec_lib.Spec, params, workdir: str, lead: bool) -> None:
