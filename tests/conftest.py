@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', os.path.join(
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 from vivit_jax import config_builders  # pylint: disable=g-import-not-at-top
+from vivit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
@@ -66,3 +68,18 @@ def run_on_host_devices(script: str, num_devices: int = 4,
   if result.returncode:
     pytest.fail(f'Subprocess failed:\n{result.stderr[-4000:]}')
   return result.stdout
+
+
+def sigterm_at_step(step: int, monkeypatch) -> None:
+  """Makes `pipeline.train_batches` send this process SIGTERM as it yields
+  the batch of `step` (the first of a stream from `start` is step start +
+  1)."""
+  train_batches = pipeline.train_batches
+
+  def sigterm(source, start):
+    for index, batch in enumerate(train_batches(source, start)):
+      if start + index + 1 == step:
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(pipeline, 'train_batches', sigterm)

@@ -7,8 +7,6 @@ stopped by a signal and run again."""
 import dataclasses
 import itertools
 import json
-import os
-import signal
 
 import jax
 import jax.numpy as jnp
@@ -16,14 +14,14 @@ import numpy as np
 import pytest
 
 import vivit_jax
-from tests.conftest import REPO, SHARED, run_on_host_devices, tiny_config
+from tests.conftest import REPO, SHARED, run_on_host_devices
+from tests.conftest import sigterm_at_step, tiny_config
 from vivit_jax import checkpoints
 from vivit_jax import masked_modeling
 from vivit_jax import models
 from vivit_jax import spec as spec_lib
 from vivit_jax import steps
 from vivit_jax import train
-from vivit_jax.data import pipeline
 
 GRID, REGION = (2, 3, 2), (2, 4, 3)
 
@@ -193,15 +191,7 @@ def test_four_devices_pretrain_as_one(tmp_path):
 
 def test_a_stopped_pretraining_starts_again_and_reports_its_seconds(
     tmp_path, monkeypatch):
-  train_batches = pipeline.train_batches
-
-  def sigterm_with_second_batch(*args, **kwargs):
-    for index, batch in enumerate(train_batches(*args, **kwargs)):
-      if index == 1:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
-
-  monkeypatch.setattr(pipeline, 'train_batches', sigterm_with_second_batch)
+  sigterm_at_step(2, monkeypatch)
   with pytest.raises(train.TrainingStopped,
                      match='SIGTERM during masked pre-training'):
     train.train_and_evaluate(_recipe_slice(1), str(tmp_path))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import vivit_jax
-from tests.conftest import REPO
+from tests.conftest import REPO, sigterm_at_step
 from vivit_jax import checkpoints
 from vivit_jax import evaluate
 from vivit_jax import logs
@@ -58,19 +58,6 @@ def lone_run(tmp_path_factory) -> pathlib.Path:
   return workdir
 
 
-def _stop_at(step: int, monkeypatch):
-  """Makes training stop by SIGTERM after `step` steps."""
-  train_batches = pipeline.train_batches
-
-  def sigterm(source, start):
-    for index, batch in enumerate(train_batches(source, start)):
-      if start + index + 1 == step:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
-
-  monkeypatch.setattr(pipeline, 'train_batches', sigterm)
-
-
 def test_a_second_run_on_a_workdir_is_refused(lone_run, tmp_path):
   first = subprocess.Popen(
       [sys.executable, 'run.py', '--config=configs/tiny.py',
@@ -111,7 +98,7 @@ def _delete_metadata(checkpoint: pathlib.Path) -> None:
                                     _delete_metadata])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(
     damage, lone_run, tmp_path, monkeypatch, caplog):
-  _stop_at(4, monkeypatch)
+  sigterm_at_step(4, monkeypatch)
   with pytest.raises(train.TrainingStopped, match='SIGTERM at step 4'):
     train.train_and_evaluate(_config(), str(tmp_path))
   monkeypatch.undo()
@@ -231,7 +218,7 @@ def test_resuming_with_another_model_is_one_line(lone_run):
 
 def test_eval_after_a_stop_before_validation_uses_the_latest(tmp_path,
                                                              monkeypatch):
-  _stop_at(2, monkeypatch)
+  sigterm_at_step(2, monkeypatch)
   with pytest.raises(train.TrainingStopped):
     train.train_and_evaluate(_config(), str(tmp_path))
   assert evaluate.evaluate_workdir(str(tmp_path))['best_step'] == 2

@@ -5,7 +5,6 @@ the term project's configs against its Table II."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ import pandas as pd
 import pytest
 
 import vivit_jax
-from tests.conftest import REPO, SHARED, run_on_host_devices
+from tests.conftest import REPO, SHARED, run_on_host_devices, sigterm_at_step
 from vivit_jax import checkpoints
 from vivit_jax import evaluate
 from vivit_jax import logs
@@ -63,15 +62,7 @@ def test_run_writes_finite_results_and_figures(finished_run):
 def test_resumed_run_ends_as_an_uninterrupted_one(finished_run, tmp_path,
                                                   monkeypatch):
   uninterrupted, _ = finished_run
-  train_batches = pipeline.train_batches
-
-  def sigterm_with_second_batch(*args, **kwargs):
-    for index, batch in enumerate(train_batches(*args, **kwargs)):
-      if index == 1:
-        os.kill(os.getpid(), signal.SIGTERM)
-      yield batch
-
-  monkeypatch.setattr(pipeline, 'train_batches', sigterm_with_second_batch)
+  sigterm_at_step(2, monkeypatch)
   with pytest.raises(train.TrainingStopped, match='SIGTERM at step 2'):
     train.train_and_evaluate(_config(), str(tmp_path))
   assert checkpoints.open_manager(str(tmp_path)).latest_step() == 2
