@@ -54,6 +54,7 @@ INGREDIENTS = {
                'masked_pretraining.tube_masking': False,
                'masked_pretraining.mask_ratio': 0.5,
                'checkpoint_metric': 'auc',
+               'model.attention_config.type': 'spacetime',
                'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
     'stem': ('convolutional stem of 16 and 32 filters, 1^3 tubelets (343 '
              'tokens)', {'model.stem_features': (16, 32),
@@ -122,6 +123,10 @@ INGREDIENTS = {
     'valloss': ('the checkpoint kept as best is the one with the lowest '
                 'validation loss (the 3D CNN\'s rule) instead of the highest '
                 'AUC', {'checkpoint_metric': 'loss'}),
+    'model4': ('Model 4: factorised dot-product attention, half the heads '
+               'over space and half over time',
+               {'model.attention_config.type':
+                    'factorized_dot_product_attention'}),
     'batch16': ('batch 16 instead of 32 (twice the steps)',
                 {'batch_size': 16}),
     'epochs12': ('12 epochs, 2 of warm-up',
