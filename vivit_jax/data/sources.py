@@ -129,6 +129,8 @@ class ArraySource:
     self.num_classes = len(self.class_names)
     self.task = task
     self.skipped = collections.Counter()
+    self._class_weights = augment.balanced_class_weights(
+        splits['train'][1], self.num_classes)
 
   def num_examples(self, split: str) -> int:
     return len(self._splits[split][1])
@@ -157,7 +159,7 @@ class ArraySource:
         np.eye(self.num_classes, dtype=np.float32)[labels[rows]],
         augmentation.label_smoothing)
     if config.get('balance_classes'):
-      targets *= augment.balanced_class_weights(labels, self.num_classes)
+      targets *= self._class_weights
     if augmentation.mixup_alpha > 0:
       inputs, targets = augment.mixup(rng, inputs, targets,
                                       augmentation.mixup_alpha)

@@ -213,6 +213,9 @@ class VideoSource:
       raise DataError(f'config.batch_size: {config.batch_size} is not in [1, '
                       f'{len(self._videos["train"])}], the number of readable '
                       'training videos. Use a smaller batch.')
+    self._class_weights = balanced_class_weights(
+        np.array([label for _, label, _ in self._videos['train']]),
+        self.num_classes)
 
   def _probe_split(self, split: str, videos: list[tuple[str, int]]) -> list:
     def probe(path):
@@ -326,9 +329,7 @@ class VideoSource:
         np.eye(self.num_classes, dtype=np.float32)[labels],
         augmentation.label_smoothing if augmentation else 0.0)
     if self._config.get('balance_classes'):
-      targets *= balanced_class_weights(
-          np.array([label for _, label, _ in self._videos['train']]),
-          self.num_classes)
+      targets *= self._class_weights
     if augmentation and augmentation.mixup_alpha > 0:
       rng = generator(self._config.rng_seed, _BATCH, step)
       inputs, targets = mixup(rng, inputs, targets, augmentation.mixup_alpha)
