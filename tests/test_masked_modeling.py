@@ -82,13 +82,13 @@ def test_the_loss_reads_masked_tokens_only():
       changed, volumes, mask, REGION), loss, rtol=1e-6)
 
 
-def _model_and_variables(config, masked=True):
+def _model_and_variables(config):
+  """(spec, model, variables with the mask token) of a ViViT config."""
   spec = spec_lib.check_config(config, mode='model')
   model = models.create_model(spec)
   clip = jnp.zeros((2,) + spec.input_shape)
-  token_mask = jnp.zeros((2,) + spec.token_grid, bool) if masked else None
   variables = model.init(jax.random.key(0), clip, train=False,
-                         token_mask=token_mask)
+                         token_mask=jnp.zeros((2,) + spec.token_grid, bool))
   return spec, model, variables
 
 
