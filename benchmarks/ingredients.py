@@ -127,6 +127,14 @@ INGREDIENTS = {
                'over space and half over time',
                {'model.attention_config.type':
                     'factorized_dot_product_attention'}),
+    'model2': ('Model 2: factorised encoder, the 4 spatial layers over each '
+               'slice of tokens, then a temporal encoder of 4 layers (the '
+               'paper\'s L_t) over the slices',
+               {'model.attention_config.type': 'factorized_encoder'}),
+    'model3': ('Model 3: factorised self-attention, each layer attending over '
+               'space then over time',
+               {'model.attention_config.type':
+                    'factorized_self_attention_block'}),
     'batch16': ('batch 16 instead of 32 (twice the steps)',
                 {'batch_size': 16}),
     'epochs12': ('12 epochs, 2 of warm-up',
