@@ -42,6 +42,8 @@ INGREDIENTS = {
                'model.dropout_rate': 0.0,
                'model.stochastic_droplayer_rate': 0.1,
                'augmentation.max_shift': 3,
+               'augmentation.crop_min_scale': 1.0,
+               'augmentation.rotation_plane': (),
                'augmentation.intensity_jitter': 0.1,
                'augmentation.flip_axes': FLIPS,
                'augmentation.eval_flips': False,
@@ -92,6 +94,12 @@ INGREDIENTS = {
             'averaging the logits over all their combinations',
             {'augmentation.flip_axes': FLIPS,
              'augmentation.eval_flips': True}),
+    'crops': ('random resized crops: a cube of 0.8 to 1 of each side at a '
+              'random place, resized to the volume (trilinear)',
+              {'augmentation.crop_min_scale': 0.8}),
+    'rot90': ('in-plane turns by a random multiple of 90 degrees, in the '
+              'plane of height and width',
+              {'augmentation.rotation_plane': ('height', 'width')}),
     'mixup': ('mixup, alpha 0.2', {'augmentation.mixup_alpha': 0.2}),
     'ema': ('validation, checkpoints and test of the parameters\' moving '
             'average, decay 0.99', {'ema_decay': 0.99}),

@@ -198,6 +198,84 @@ def test_augment_shifts_by_at_most_max_shift():
   assert np.abs(shifts).max() == 2 and np.any(shifts != 0, axis=1).mean() > .5
 
 
+def test_resized_crops_stretch_every_axis_by_one_scale():
+  # Trilinear resampling keeps a linear function linear: inside the volume
+  # each output step along an axis is the input's step times the crop's
+  # side share s, one s per volume for all three axes, in [0.6, 1].
+  size, slopes = 12, np.array([0.02, 0.025, 0.03])
+  grid = np.stack(np.meshgrid(*[np.arange(size)] * 3, indexing='ij'), -1)
+  volume = (0.05 + grid @ slopes).astype(np.float32)[..., None]
+  volumes = np.repeat(volume[None], 64, axis=0)
+  config = augmentation_only(max_shift=0, intensity_jitter=0.0, flip_axes=(),
+                             crop_min_scale=0.6)
+  out = augment.augment(np.random.default_rng(0), volumes, config)[..., 0]
+  inside = out[:, 1:-1, 1:-1, 1:-1]
+  scales = []
+  for axis in range(3):
+    steps = np.diff(inside, axis=axis + 1) / slopes[axis]
+    per_volume = steps.reshape(len(out), -1)
+    assert np.abs(per_volume - per_volume[:, :1]).max() < 2e-4
+    scales.append(per_volume[:, 0])
+  np.testing.assert_allclose(scales[0], scales[1], atol=2e-4)
+  np.testing.assert_allclose(scales[0], scales[2], atol=2e-4)
+  assert scales[0].min() >= 0.6 - 1e-4 and scales[0].max() <= 1 + 1e-4
+  assert np.ptp(scales[0]) > 0.2
+  untouched = augment.augment(np.random.default_rng(0), volumes,
+                              augmentation_only(max_shift=0, flip_axes=(),
+                                                intensity_jitter=0.0))
+  np.testing.assert_array_equal(untouched, volumes)
+
+
+def test_resampling_is_scipys_linear_interpolation():
+  scipy_ndimage = pytest.importorskip('scipy.ndimage')
+  volume = np.random.default_rng(0).random((5, 6, 7)).astype(np.float32)
+  coordinates = np.array([0.0, 0.25, 1.5, 2.0, 4.75, 6.0])
+  for axis in range(3):
+    along = coordinates[coordinates <= volume.shape[axis] - 1]
+    grid = np.meshgrid(*[along if a == axis else np.arange(n)
+                         for a, n in enumerate(volume.shape)], indexing='ij')
+    expected = scipy_ndimage.map_coordinates(volume, grid, order=1)
+    np.testing.assert_allclose(augment._resample(volume, axis, along),
+                               expected, rtol=1e-6, atol=1e-6)
+
+
+def test_rotations_turn_the_plane_by_multiples_of_90_degrees():
+  volume = np.random.default_rng(0).random((1, 4, 6, 6, 1), np.float32)
+  volumes = np.repeat(volume, 32, axis=0)
+  config = augmentation_only(max_shift=0, intensity_jitter=0.0, flip_axes=(),
+                             rotation_plane=('height', 'width'))
+  out = augment.augment(np.random.default_rng(0), volumes, config)
+  turns = [[k for k in range(4) if np.array_equal(
+      o, np.rot90(volume[0], k, axes=(1, 2)))] for o in out]
+  assert all(len(k) == 1 for k in turns)
+  assert sorted({k[0] for k in turns}) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize('fields, message', [
+    ({'crop_min_scale': 0.0}, r'crop_min_scale: 0.0 is not in \(0, 1\]'),
+    ({'rotation_plane': ('height',)}, 'is not two different axes'),
+    ({'rotation_plane': ('depth', 'width')},
+     r'turns depth \(8 voxels\) into width \(28\)'),
+])
+def test_bad_crop_or_rotation_is_one_line(fields, message):
+  config = vivit_jax.load_config(str(REPO / 'configs/medmnist3d.py'))
+  del config.dataset_configs['num_frames']  # Not the size's reference.
+  config.dataset_configs.num_frames = 8
+  config.augmentation.update(fields)
+  with pytest.raises(spec_lib.ConfigError, match=message):
+    spec_lib.check_config(config)
+
+
+def test_augmentation_fields_a_config_leaves_out_take_their_defaults():
+  config = vivit_jax.load_config(str(REPO / 'configs/medmnist3d.py'))
+  del config.augmentation['crop_min_scale']
+  del config.augmentation['rotation_plane']
+  checked = spec_lib.check_config(config, mode='model').config
+  assert checked.augmentation.crop_min_scale == 1.0
+  assert tuple(checked.augmentation.rotation_plane) == ()
+  assert checked.augmentation.max_shift == config.augmentation.max_shift
+
+
 def test_smooth_labels_is_eq_11():
   one_hot = np.eye(4, dtype=np.float32)[[0, 3]]
   smoothed = augment.smooth_labels(one_hot, 0.2)

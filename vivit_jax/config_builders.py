@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 import ml_collections
 from ml_collections import config_dict
 
+from vivit_jax import data
 from vivit_jax.data import dataset_configs
 
 
@@ -364,9 +365,12 @@ def with_defaults(config: ml_collections.ConfigDict
   if full.get('eval_batch_size') is None:
     full['eval_batch_size'] = full['batch_size']
   dataset = full['dataset_configs']
-  if 'augmentation' not in full and 'crop_size' in dataset and (
-      dataset.get('dataset_name') != 'video'):
-    full['augmentation'] = dataset_configs.augmentation(
+  kind = data.kind(ml_collections.ConfigDict(dataset))
+  if 'crop_size' in dataset and kind != 'video' and (
+      kind in ('medmnist', data.ARRAYS) or 'augmentation' not in full):
+    # With the fields a config leaves out (or that came after its workdir).
+    full['augmentation'] = _merge(dataset_configs.augmentation(
         dataset.get('dataset_name', ''),
-        dataset.get('size', dataset['crop_size'])).to_dict()
+        dataset.get('size', dataset['crop_size'])).to_dict(),
+                                  full.get('augmentation', {}))
   return ml_collections.ConfigDict(full), notes

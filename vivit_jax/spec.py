@@ -293,6 +293,24 @@ def _check_augmentation(config: ml_collections.ConfigDict) -> None:
   if config.augmentation.get('eval_flips') and not flips:
     config_error('augmentation.eval_flips', 'is set but flip_axes is empty',
                  f'Set augmentation.flip_axes to a subset of {allowed}.')
+  if not 0 < config.augmentation.crop_min_scale <= 1:
+    config_error('augmentation.crop_min_scale',
+                 f'{config.augmentation.crop_min_scale} is not in (0, 1]',
+                 'Give the smallest crop side as a share of the volume\'s, '
+                 'e.g. 0.8, or 1 for no crops.')
+  plane = tuple(config.augmentation.rotation_plane)
+  sizes = dict(zip(data.augment.FLIP_AXES, (
+      dataset.num_frames, dataset.crop_size, dataset.crop_size)))
+  if plane and (len(plane) != 2 or len(set(plane)) != 2 or
+                not set(plane) <= set(sizes)):
+    config_error('augmentation.rotation_plane', f'{plane} is not two '
+                 f'different axes of {data.augment.FLIP_AXES}',
+                 "Give e.g. ('height', 'width'), or () for no rotations.")
+  if plane and sizes[plane[0]] != sizes[plane[1]]:
+    config_error('augmentation.rotation_plane', f'turns {plane[0]} '
+                 f'({sizes[plane[0]]} voxels) into {plane[1]} '
+                 f'({sizes[plane[1]]})', "Use ('height', 'width'), whose sizes "
+                 'are equal.')
 
 
 def _check_cross_validation(config: ml_collections.ConfigDict) -> None:

@@ -1,10 +1,14 @@
 """Label-preserving augmentation of volumes and the label transforms of the
 paper's Appendix: label smoothing (Eq. 11) and mixup (Eq. 12).
 
-`config.augmentation` holds max_shift (voxels, per axis), intensity_jitter
-(brightness offset and contrast factor amplitude), flip_axes (a subset of
-FLIP_AXES along which a flip keeps the label), eval_flips (evaluate every
-example as the mean of its logits over all combinations of those flips),
+`config.augmentation` holds max_shift (voxels, per axis), crop_min_scale
+(random resized crops: the smallest side of a crop as a share of the
+volume's; 1 for none), rotation_plane (two of FLIP_AXES, of equal size, in
+whose plane each volume turns by a random multiple of 90 degrees; () for
+none), intensity_jitter (brightness offset and contrast factor amplitude),
+flip_axes (a subset of FLIP_AXES along which a flip keeps the label),
+eval_flips (evaluate every example as the mean of its logits over all
+combinations of those flips),
 mixup_alpha (0: no mixup; the paper uses 0.1 to 0.3, Table 7) and
 label_smoothing (lambda of Eq. 11); see
 `vivit_jax.data.dataset_configs.augmentation`.
@@ -20,15 +24,38 @@ FLIP_AXES = ('depth', 'height', 'width')  # Axes 1, 2, 3 of (B, D, H, W, C).
 
 
 def _coordinates(rng: np.random.Generator, batch: int, size: int,
-                 max_shift: int, flip: bool) -> np.ndarray:
-  """(batch, size) source coordinates along one axis: a random shift with the
-  edge replicated, then, if `flip`, a reflection with probability 1/2."""
+                 max_shift: int, flip: bool, scale: Optional[np.ndarray]
+                 ) -> np.ndarray:
+  """(batch, size) source coordinates along one axis: with `scale` (batch,),
+  a window of scale x size voxels at a random place stretched over the
+  axis; a random shift with the edge replicated; then, if `flip`, a
+  reflection with probability 1/2. Whole numbers unless cropped."""
+  coordinates = np.arange(size, dtype=np.float64)[None]
+  if scale is not None:
+    length = scale[:, None] * size
+    start = rng.random((batch, 1)) * (size - length)
+    coordinates = start + (coordinates + 0.5) * length / size - 0.5
   shift = rng.integers(-max_shift, max_shift + 1, (batch, 1))
-  coordinates = np.clip(np.arange(size) + shift, 0, size - 1)
+  coordinates = np.clip(coordinates + shift, 0, size - 1)
   if flip:
     coordinates = np.where(rng.random((batch, 1)) < 0.5,
                            size - 1 - coordinates, coordinates)
   return coordinates
+
+
+def _resample(volume: np.ndarray, axis: int, coordinates: np.ndarray
+              ) -> np.ndarray:
+  """`volume` read at (fractional) `coordinates` along `axis`, linearly
+  interpolated between the two nearest voxels."""
+  low = np.floor(coordinates).astype(np.int64)
+  weight = (coordinates - low).astype(np.float32)
+  if not weight.any():
+    return volume.take(low, axis=axis)
+  high = np.minimum(low + 1, volume.shape[axis] - 1)
+  weight = weight.reshape([-1 if a == axis else 1
+                           for a in range(volume.ndim)])
+  return (volume.take(low, axis=axis) * (1 - weight) +
+          volume.take(high, axis=axis) * weight)
 
 
 def augment(rng: np.random.Generator, volumes: np.ndarray,
@@ -36,10 +63,14 @@ def augment(rng: np.random.Generator, volumes: np.ndarray,
             rows: Optional[np.ndarray] = None) -> np.ndarray:
   """Label-preserving augmentation, drawn independently for each volume.
 
-  Shifts each axis by up to `augmentation.max_shift` voxels (edges
-  replicated), flips each axis of `flip_axes` with probability 1/2, then
-  scales the contrast around the volume's mean by U(1 - j, 1 + j) and adds
-  U(-j, j), j = `intensity_jitter`, clipping to [0, 1].
+  With `augmentation.crop_min_scale` < 1, crops a cube whose sides are
+  s ~ U(crop_min_scale, 1) of the volume's at a random place and resizes it
+  to the volume's size (trilinear); shifts each axis by up to
+  `augmentation.max_shift` voxels (edges replicated); flips each axis of
+  `flip_axes` with probability 1/2; turns the volume by k x 90 degrees, k
+  uniform in 0..3, in `rotation_plane`; then scales the contrast around the
+  volume's mean by U(1 - j, 1 + j) and adds U(-j, j),
+  j = `intensity_jitter`, clipping to [0, 1].
 
   Args:
     rng: the only source of randomness.
@@ -51,10 +82,14 @@ def augment(rng: np.random.Generator, volumes: np.ndarray,
   """
   rows = np.arange(len(volumes)) if rows is None else rows
   batch, spatial = len(rows), volumes.shape[1:4]
+  scale = (rng.uniform(augmentation.crop_min_scale, 1.0, batch)
+           if augmentation.crop_min_scale < 1 else None)
   coordinates = [
       _coordinates(rng, batch, size, augmentation.max_shift,
-                   axis in augmentation.flip_axes)
+                   axis in augmentation.flip_axes, scale)
       for axis, size in zip(FLIP_AXES, spatial)]
+  plane = tuple(FLIP_AXES.index(axis) for axis in augmentation.rotation_plane)
+  turns = rng.integers(0, 4, batch) if plane else np.zeros(batch, int)
   jitter = augmentation.intensity_jitter
   contrast = rng.uniform(1 - jitter, 1 + jitter, batch).astype(np.float32)
   brightness = rng.uniform(-jitter, jitter, batch).astype(np.float32)
@@ -65,10 +100,11 @@ def augment(rng: np.random.Generator, volumes: np.ndarray,
   for i, row in enumerate(rows):
     volume = volumes[row]
     for axis, axis_coordinates in enumerate(coordinates):
-      volume = volume.take(axis_coordinates[i], axis=axis)
+      volume = _resample(volume, axis, axis_coordinates[i])
+    if turns[i]:
+      volume = np.rot90(volume, turns[i], axes=plane)
     offset = volume.mean() * (1 - contrast[i]) + brightness[i]
-    volume *= contrast[i]
-    volume += offset
+    volume = volume * contrast[i] + offset
     np.clip(volume, 0, 1, out=out[i])
   return out
 

@@ -95,16 +95,20 @@ def video_dataset(num_classes: int, *, num_frames: int = 32, stride: int = 2,
 def augmentation(name: str, size: int) -> ml_collections.ConfigDict:
   """`config.augmentation` for a data set, label-preserving.
 
-  Fields: max_shift (voxels, per axis), intensity_jitter (brightness offset
-  and contrast factor amplitude), flip_axes (MedMNIST sets: every axis along
-  which a flip keeps the label; your own arrays: none, add the ones that
-  are safe), eval_flips (evaluate each volume as the mean of its logits over
+  Fields: max_shift (voxels, per axis), crop_min_scale (random resized
+  crops, the smallest side kept; 1: none), rotation_plane (two axes whose
+  90-degree turns keep the label; (): none), intensity_jitter (brightness
+  offset and contrast factor amplitude), flip_axes (MedMNIST sets: every
+  axis along which a flip keeps the label; your own arrays: none, add the
+  ones that are safe), eval_flips (evaluate each volume as the mean of its logits over
   every combination of those flips), mixup_alpha (0: no mixup; the paper
   uses 0.1 to 0.3, Table 7), label_smoothing (lambda of Eq. 11). See
   `vivit_jax.data.augment`.
   """
   return ml_collections.ConfigDict({
       'max_shift': size // 8,  # As CIFAR's random crop: 4 pixels of 32.
+      'crop_min_scale': 1.0,
+      'rotation_plane': (),
       'intensity_jitter': 0.1,
       'flip_axes': (medmnist.default_flip_axes(name)
                     if name in medmnist.DATASETS else ()),
