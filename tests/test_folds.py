@@ -109,3 +109,30 @@ def test_a_fold_run_reports_its_fold(tmp_path):
   rows = (tmp_path / 'predictions.csv').read_text().splitlines()
   assert len(rows) - 1 == spec_lib.check_config(
       _adrenal_config(4, 3), mode='train').split_sizes['test']
+
+
+def test_the_ensemble_of_seeds_averages_their_held_out_probabilities(
+    tmp_path):
+  cross_validation = pytest.importorskip('benchmarks.cross_validation')
+  labels = np.array([0, 1, 1, 0, 1])
+  first = np.array([0.9, 0.6, 0.3, 0.2, 0.45])  # p of class 0
+  second = np.array([0.3, 0.2, 0.6, 0.75, 0.35])
+  workdirs = []
+  for seed, p0 in enumerate((first, second)):
+    workdir = tmp_path / f'seed{seed}'
+    workdir.mkdir()
+    (workdir / 'predictions.csv').write_text('index,label,p_a,p_b\n' + ''.join(
+        f'{i},{y},{p},{1 - p}\n' for i, (y, p) in enumerate(zip(labels, p0))))
+    workdirs.append(str(workdir))
+  ensemble = cross_validation._ensemble(workdirs, 'binary-class')
+  # Each seed alone: ACC 0.6, AUC 0.5 and 4/6. Their mean p_b: 0.4, 0.6,
+  # 0.55, 0.525, 0.6, which ranks every positive above every negative and
+  # gets all but the fourth right.
+  assert ensemble['acc'] == pytest.approx(4 / 5)
+  assert ensemble['auc'] == pytest.approx(1.0)
+  assert ensemble['predicted_classes'] == 2
+  (tmp_path / 'seed1' / 'predictions.csv').write_text(
+      'index,label,p_a,p_b\n' + ''.join(
+          f'{i + 1},{y},0.5,0.5\n' for i, y in enumerate(labels)))
+  with pytest.raises(ValueError, match='scored different examples'):
+    cross_validation._ensemble(workdirs, 'binary-class')
