@@ -8,9 +8,8 @@ whose plane each volume turns by a random multiple of 90 degrees; () for
 none), intensity_jitter (brightness offset and contrast factor amplitude),
 flip_axes (a subset of FLIP_AXES along which a flip keeps the label),
 eval_flips (evaluate every example as the mean of its logits over all
-combinations of those flips),
-mixup_alpha (0: no mixup; the paper uses 0.1 to 0.3, Table 7) and
-label_smoothing (lambda of Eq. 11); see
+combinations of those flips), mixup_alpha (0: no mixup; the paper uses 0.1
+to 0.3, Table 7) and label_smoothing (lambda of Eq. 11); see
 `vivit_jax.data.dataset_configs.augmentation`.
 """
 
@@ -104,7 +103,8 @@ def augment(rng: np.random.Generator, volumes: np.ndarray,
     if turns[i]:
       volume = np.rot90(volume, turns[i], axes=plane)
     offset = volume.mean() * (1 - contrast[i]) + brightness[i]
-    volume = volume * contrast[i] + offset
+    volume *= contrast[i]
+    volume += offset
     np.clip(volume, 0, 1, out=out[i])
   return out
 
