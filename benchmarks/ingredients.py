@@ -52,6 +52,7 @@ INGREDIENTS = {
                'optimizer_configs.weight_decay': 0.05,
                'lr_configs.base_learning_rate': 1e-3, 'batch_size': 32,
                'ema_decay': 0.0, 'sam_rho': 0.0, 'balance_classes': False,
+               'ensemble_size': 1,
                'masked_pretraining.num_epochs': 0,
                'masked_pretraining.tube_masking': False,
                'masked_pretraining.mask_ratio': 0.5,
@@ -143,6 +144,9 @@ INGREDIENTS = {
                'space then over time',
                {'model.attention_config.type':
                     'factorized_self_attention_block'}),
+    'ensemble3': ('an ensemble of 3 members from their own seeds, classifying '
+                  'by the mean of their probabilities (3x the training)',
+                  {'ensemble_size': 3}),
     'batch16': ('batch 16 instead of 32 (twice the steps)',
                 {'batch_size': 16}),
     'epochs12': ('12 epochs, 2 of warm-up',

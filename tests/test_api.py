@@ -216,7 +216,8 @@ def test_a_run_trained_on_t_frames_predicts_on_more(trained_workdir):
 
   trained = vivit_jax.Classifier.from_workdir(str(trained_workdir))
   name = ('Transformer', 'posembed_input', 'pos_embedding')
-  old, new = (np.asarray(c.variables['params'][name[0]][name[1]][name[2]][0])
+  old, new = (np.asarray(
+      c.members[0]['params'][name[0]][name[1]][name[2]][0])
               for c in (trained, classifier))
   d = old.shape[-1]
   expected = pretrained.interpolate_over_time(old[1:].reshape(4, 16, d), 8)
@@ -229,11 +230,11 @@ def test_eval_flips_average_the_logits_of_the_flipped_volumes():
   volumes = np.random.default_rng(0).random((3, 28, 28, 28, 1), np.float32)
   plain = vivit_jax.Classifier.from_config(config)
   rng = np.random.default_rng(1)  # The head starts at zero: perturb it all.
-  plain.variables = jax.tree.map(
-      lambda x: x + 0.1 * rng.standard_normal(x.shape), plain.variables)
+  plain.members = [jax.tree.map(
+      lambda x: x + 0.1 * rng.standard_normal(x.shape), plain.members[0])]
   config.augmentation.eval_flips = True
   flipped = vivit_jax.Classifier(spec_lib.check_config(config, mode='model'),
-                                 plain.model, plain.variables)
+                                 plain.model, plain.members)
   expected = np.mean([plain.logits(np.flip(volumes, axes))
                       for axes in ((), (1,), (2,), (3,), (1, 2), (1, 3),
                                    (2, 3), (1, 2, 3))], axis=0)

@@ -70,9 +70,9 @@ def test_run_evaluates_and_restores_the_average(tmp_path):
   evaluated = evaluate.evaluate_workdir(str(workdir))
   spec, model, variables, _ = evaluate.restore_for_eval(str(workdir))
   source = create_source(spec.config)
-  of_params = evaluate.evaluate_variables(model, {'params': tree['params']},
-                                          source)
-  of_average = evaluate.evaluate_variables(model, variables, source)
+  of_params = evaluate.evaluate_members(model, [{'params': tree['params']}],
+                                        source)
+  of_average = evaluate.evaluate_members(model, [variables], source)
   for split in ('val', 'test'):
     np.testing.assert_allclose(evaluated[split]['loss'],
                                results[split]['loss'], rtol=1e-6)

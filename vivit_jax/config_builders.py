@@ -303,6 +303,10 @@ def training(optimizer: str, base_learning_rate: float, batch_size: int,
   # Overrides num_training_epochs when set.
   config.num_training_steps = config_dict.placeholder(int)
   config.rng_seed = 0
+  # Trains this many members, each from its own seed in WORKDIR/members/k,
+  # and classifies by the mean of their probabilities (`vivit_jax.ensemble`);
+  # 1: a single model.
+  config.ensemble_size = 1
 
   config.log_summary_steps = 10
   # Validate (and checkpoint with the validation metrics) every this many

@@ -3,12 +3,14 @@ checkpoint on validation and test (`run.py --mode=eval`).
 
   evaluate_split(eval_step, variables, source, split)  one split
   restore_for_eval(workdir, ...)                        a run's best model
+  restore_members(workdir, ...)                         an ensemble's
   evaluate_workdir(workdir)                             its val and test
 
 A split is evaluated over every view the source gives of each example (one
 for volumes; clips x crops for videos): the logits of an example's views are
 averaged, and the example-level figures come from the averages. ACC and AUC
-are MedMNIST's (`metrics`).
+are MedMNIST's (`metrics`). An ensemble's predictions are the mean of its
+members' probabilities (`combine`).
 """
 
 import dataclasses
@@ -22,6 +24,7 @@ import optax
 
 from vivit_jax import checkpoints
 from vivit_jax import data
+from vivit_jax import ensemble
 from vivit_jax import metrics
 from vivit_jax import models
 from vivit_jax import spec as spec_lib
@@ -74,6 +77,27 @@ def predict_split(eval_step: Callable, variables, source, split: str
       labels=labels[seen], logits=logits,
       probabilities=np.asarray(jax.nn.softmax(logits)),
       view_logits=view_logits, view_index=view_index)
+
+
+def combine(members: list[SplitPredictions]) -> SplitPredictions:
+  """An ensemble's predictions: each example's probabilities (and each
+  view's) are the mean of its members' (`ensemble.log_mean_softmax`).
+
+  Raises:
+    ValueError: the members predicted different examples or views.
+  """
+  first = members[0]
+  if any(not (np.array_equal(m.labels, first.labels) and
+              np.array_equal(m.view_index, first.view_index))
+         for m in members[1:]):
+    raise ValueError('The members of the ensemble predicted different '
+                     'examples.')
+  logits = ensemble.log_mean_softmax([m.logits for m in members])
+  return SplitPredictions(
+      labels=first.labels, logits=logits,
+      probabilities=np.asarray(jax.nn.softmax(logits)),
+      view_logits=ensemble.log_mean_softmax([m.view_logits for m in members]),
+      view_index=first.view_index)
 
 
 def _top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int
@@ -148,23 +172,47 @@ def restore_for_eval(workdir: str, config: Optional[
   return spec, model, state.eval_variables(), step
 
 
-def evaluate_variables(model, variables, source) -> dict:
+def restore_members(workdir: str, config: Optional[
+    ml_collections.ConfigDict] = None
+                    ) -> tuple[spec_lib.Spec, object, list[dict], list[int]]:
+  """`restore_for_eval` of each member of a run (the run itself when it is
+  not an ensemble): (spec, model, [variables], [step]), one per member."""
+  config = config or workdir_lib.load_config(workdir)
+  spec = spec_lib.check_config(config, mode='model')
+  workdir_lib.check_matches(workdir, spec)
+  if spec.config.ensemble_size == 1:
+    spec, model, variables, step = restore_for_eval(workdir, config)
+    return spec, model, [variables], [step]
+  members = [restore_for_eval(member_workdir,
+                              ensemble.member_config(spec.config, k))
+             for k, member_workdir in enumerate(
+                 ensemble.member_workdirs(workdir, spec.config))]
+  return (spec, members[0][1], [member[2] for member in members],
+          [member[3] for member in members])
+
+
+def evaluate_members(model, members: list[dict], source) -> dict:
   """{'val': metrics, 'test': metrics, 'test_predictions': SplitPredictions}
-  of host `variables`."""
+  of the mean prediction of `members` (host variables of `model`; one for a
+  single model)."""
   eval_step = steps.make_eval_step(model)
-  variables = steps.replicate(variables)
-  val, _ = evaluate_split(eval_step, variables, source, 'val')
-  test, predictions = evaluate_split(eval_step, variables, source, 'test')
-  return {'val': val, 'test': test, 'test_predictions': predictions}
+  members = [steps.replicate(variables) for variables in members]
+  results = {}
+  for split in ('val', 'test'):
+    predictions = combine([predict_split(eval_step, variables, source, split)
+                           for variables in members])
+    results[split] = split_metrics(predictions, source.task)
+  return {**results, 'test_predictions': predictions}
 
 
 def evaluate_workdir(workdir: str,
                      config: Optional[ml_collections.ConfigDict] = None
                      ) -> dict:
-  """Validation and test metrics of a run's best checkpoint:
-  {'best_step', 'val', 'test'}."""
-  spec, model, variables, step = restore_for_eval(workdir, config)
+  """Validation and test metrics of a run's best checkpoint (of each
+  member's, for an ensemble): {'best_step' (a list for an ensemble), 'val',
+  'test'}."""
+  spec, model, members, best_steps = restore_members(workdir, config)
   spec = spec_lib.check_config(spec.config, mode='eval')
-  results = evaluate_variables(model, variables,
-                               data.create_source(spec.config))
-  return {'best_step': step, 'val': results['val'], 'test': results['test']}
+  results = evaluate_members(model, members, data.create_source(spec.config))
+  return {'best_step': best_steps if len(members) > 1 else best_steps[0],
+          'val': results['val'], 'test': results['test']}

@@ -1,6 +1,7 @@
 """The figures of a finished run: loss, accuracy and AUC curves, the test
 confusion matrix and ROC curves (matplotlib, Agg backend: no display)."""
 
+import itertools
 from typing import Sequence
 
 import matplotlib
@@ -12,25 +13,27 @@ import pandas as pd
 from sklearn import metrics
 
 
-def plot_curves(scalars: pd.DataFrame, steps_per_epoch: int, path: str
-                ) -> None:
+def plot_curves(runs: dict[str, pd.DataFrame], steps_per_epoch: int,
+                path: str) -> None:
   """Training and validation loss and accuracy, and validation AUC, against
   epochs.
 
   Args:
-    scalars: the run's log (`logs.read_scalars`), with `train/loss`,
-      `train/accuracy`, `val/loss`, `val/accuracy` and `val/auc` rows.
+    runs: label prefix ('' for a single run) -> the run's log
+      (`logs.read_scalars`), with `train/loss`, `train/accuracy`,
+      `val/loss`, `val/accuracy` and `val/auc` rows.
     steps_per_epoch: converts steps to epochs.
     path: the PNG to write.
   """
   figure, axes = plt.subplots(1, 3, figsize=(15, 4))
   for ax, quantity in zip(axes, ('loss', 'accuracy', 'auc')):
-    for split in ('train', 'val'):
+    for (prefix, scalars), split in itertools.product(runs.items(),
+                                                      ('train', 'val')):
       rows = scalars[scalars.name == f'{split}/{quantity}']
       if rows.empty:
         continue
       ax.plot(rows.step / steps_per_epoch, rows.value,
-              marker='o' if split == 'val' else None, label=split)
+              marker='o' if split == 'val' else None, label=prefix + split)
     ax.set_xlabel('epoch')
     ax.set_ylabel(quantity)
     ax.legend()

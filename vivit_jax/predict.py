@@ -29,6 +29,7 @@ import numpy as np
 
 from vivit_jax import config_builders
 from vivit_jax import data
+from vivit_jax import ensemble
 from vivit_jax import evaluate
 from vivit_jax import models
 from vivit_jax import pretrained
@@ -49,22 +50,25 @@ class InputError(Exception):
 
 @dataclasses.dataclass
 class Classifier:
-  """A model with its variables, ready to classify clips.
+  """A model with its variables, ready to classify clips; an ensemble
+  classifies by the mean of its members' probabilities.
 
   Attributes:
     spec: the checked config of the model.
     model: the Flax module.
-    variables: its variables, on the host.
+    members: the variables of each member, on the host (one for a single
+      model).
   """
   spec: spec_lib.Spec
   model: object
-  variables: dict
+  members: list[dict]
 
   @classmethod
   def from_workdir(cls, workdir: str,
                    config: Optional[ml_collections.ConfigDict] = None
                    ) -> 'Classifier':
-    """The best checkpoint of a training run (see `evaluate.restore_for_eval`).
+    """The best checkpoint of a training run (of each member, for an
+    ensemble; see `evaluate.restore_members`).
 
     A `config` that differs from the workdir's only in its input size
     (frames, crop) gets the run's weights through `pretrained`, with its
@@ -76,12 +80,24 @@ class Classifier:
           workdir_lib.load_config(workdir), given)
       if differences and all(difference.startswith(_INPUT_SIZE_FIELDS)
                              for difference in differences):
-        config = given.copy_and_resolve_references()
-        with config.unlocked():
-          config.init_from = config_builders.init_from(workdir)
-        return cls.from_config(config)
-    spec, model, variables, _ = evaluate.restore_for_eval(workdir, config)
-    return cls(spec, model, variables)
+        members = [cls._resized(member_workdir,
+                                ensemble.member_config(given, k))
+                   for k, member_workdir in enumerate(
+                       ensemble.member_workdirs(workdir, given))]
+        return cls(members[0].spec, members[0].model,
+                   [variables for member in members
+                    for variables in member.members])
+    spec, model, members, _ = evaluate.restore_members(workdir, config)
+    return cls(spec, model, members)
+
+  @classmethod
+  def _resized(cls, workdir: str, config: ml_collections.ConfigDict
+               ) -> 'Classifier':
+    """The model of `config`, from the weights of the run in `workdir`."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.init_from = config_builders.init_from(workdir)
+    return cls.from_config(config)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'Classifier':
@@ -96,7 +112,7 @@ class Classifier:
     if init_from and init_from.get('checkpoint_path'):
       params, _ = pretrained.load_pretrained(spec.config, variables['params'])
       variables = {**variables, 'params': params}
-    return cls(spec, model, variables)
+    return cls(spec, model, [variables])
 
   @property
   def class_names(self) -> tuple[str, ...]:
@@ -129,15 +145,24 @@ class Classifier:
 
   def logits(self, clips: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Logits (N, K) of `clips` (see `as_clips`): the mean over the config's
-    evaluation views of a volume (`augment.eval_views`), as in evaluation."""
+    evaluation views of a volume (`augment.eval_views`), as in evaluation;
+    for an ensemble, the log of the mean of its members' probabilities."""
     clips = self.as_clips(clips)
+    return ensemble.log_mean_softmax([
+        self._member_logits(variables, clips, batch_size)
+        for variables in self.members])
+
+  def _member_logits(self, variables: dict, clips: np.ndarray,
+                     batch_size: int) -> np.ndarray:
+    """(N, K) one member's logits of (N, T, H, W, C) `clips`, averaged over
+    the evaluation views."""
     views = data.augment.eval_views(self.spec.config.get('augmentation') or {})
     logits = []
     for axes in views:
       for batch in data.sources.padded_batches(
           {'inputs': np.flip(clips, axes)}, batch_size):
         logits.append(np.asarray(self._apply(
-            self.variables, batch['inputs']))[batch['mask'] > 0])
+            variables, batch['inputs']))[batch['mask'] > 0])
     return np.concatenate(logits).reshape(len(views), len(clips), -1).mean(0)
 
   def predict(self, clips: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -152,7 +177,11 @@ class Classifier:
       data.DataError: the file cannot be read.
     """
     views, info = data.prediction_views(path, self.spec.config)
-    return np.asarray(jax.nn.softmax(self.logits(views).mean(0))), info
+    views = self.as_clips(views)
+    logits = ensemble.log_mean_softmax([
+        self._member_logits(variables, views, 32).mean(0)
+        for variables in self.members])
+    return np.asarray(jax.nn.softmax(logits)), info
 
 
 def read_arrays(path: str) -> Iterator[tuple[str, np.ndarray]]:

@@ -1,6 +1,8 @@
 """What a finished run reports: `results.json`, `predictions.csv` (the test
 split, one row per example) and the figures `curves.png`,
-`confusion_matrix.png` and `roc_curve.png` in its workdir."""
+`confusion_matrix.png` and `roc_curve.png` in its workdir. For an ensemble
+they describe the mean prediction of its members, and `curves.png` shows
+every member's training."""
 
 import json
 import logging
@@ -23,8 +25,16 @@ def summarize(spec: spec_lib.Spec, params, *, best_step: int, val: dict,
               pretrain_seconds: Optional[float] = None,
               skipped: Optional[dict] = None) -> dict:
   """The contents of results.json; warns when the model predicts a single
-  class on the test split. `pretrain_seconds`: those of masked pre-training
-  when this process ran it (a resumed run does not)."""
+  class on the test split.
+
+  Args:
+    params: the parameters of the model (of one member of an ensemble).
+    best_step: the step of the checkpoint evaluated; a list, one per member,
+      for an ensemble.
+    train_seconds: of all members together, for an ensemble.
+    pretrain_seconds: those of masked pre-training when this process ran it
+      (a resumed run does not).
+  """
   config = spec.config
   results = {
       'dataset': config.dataset_configs.dataset_name,
@@ -33,6 +43,7 @@ def summarize(spec: spec_lib.Spec, params, *, best_step: int, val: dict,
                     if spec.model_name == 'vivit' else None),
       'experiment': config.experiment_name,
       'params': sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params)),
+      'ensemble_size': config.ensemble_size,
       'steps': spec.total_steps,
       'best_step': best_step,
       'train_seconds': round(train_seconds, 1),
@@ -63,8 +74,10 @@ def summarize(spec: spec_lib.Spec, params, *, best_step: int, val: dict,
 
 
 def write(workdir: str, spec: spec_lib.Spec, results: dict,
-          test_predictions) -> None:
-  """Writes results.json, predictions.csv and the figures."""
+          test_predictions, run_workdirs: list[str]) -> None:
+  """Writes results.json, predictions.csv and the figures; the training
+  curves are those logged in `run_workdirs` (an ensemble's members, or
+  [workdir])."""
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
     json.dump(results, f, indent=2)
   p = test_predictions
@@ -78,5 +91,8 @@ def write(workdir: str, spec: spec_lib.Spec, results: dict,
       os.path.join(workdir, 'confusion_matrix.png'))
   plots.plot_roc_curves(p.labels, p.probabilities, spec.class_names,
                         os.path.join(workdir, 'roc_curve.png'))
-  plots.plot_curves(logs.read_scalars(workdir), spec.steps_per_epoch,
+  runs = {'' if len(run_workdirs) == 1 else f'member {k}, ':
+          logs.read_scalars(run_workdir)
+          for k, run_workdir in enumerate(run_workdirs)}
+  plots.plot_curves(runs, spec.steps_per_epoch,
                     os.path.join(workdir, 'curves.png'))

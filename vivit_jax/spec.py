@@ -122,6 +122,10 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'train'
                 token_grid=token_grid, num_tokens=_product(token_grid),
                 num_classes=dataset.num_classes, class_names=class_names)
   _check_batch_sizes(config)
+  if not isinstance(config.ensemble_size, int) or config.ensemble_size < 1:
+    config_error('ensemble_size', f'{config.ensemble_size!r} is not a '
+                 'positive integer', 'Give the number of members, or 1 for '
+                 'a single model.')
   if mode == 'model':
     config.lock()
     return Spec(**fields, notes=tuple(notes))

@@ -10,6 +10,7 @@ one before stopping.
 """
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ import numpy as np
 
 from vivit_jax import checkpoints
 from vivit_jax import data
+from vivit_jax import ensemble
 from vivit_jax import evaluate
 from vivit_jax import logs
 from vivit_jax import masked_modeling
@@ -55,6 +57,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   checkpoint by validation metric on the validation and test splits. A run
   that starts afresh first loads `config.init_from` and then runs
   `config.masked_pretraining` (`masked_modeling.pretrain`), if they are set.
+  An ensemble (`config.ensemble_size` > 1) trains its members one after the
+  other (`vivit_jax.ensemble`), then evaluates their mean prediction.
 
   Returns:
     The contents of `workdir/results.json`.
@@ -71,42 +75,95 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   for note in spec.notes:
     logger.warning('%s', note)
   lead = jax.process_index() == 0
-  with workdir_lib.locked(workdir) if lead else contextlib.nullcontext():
-    if lead:
-      workdir_lib.keep_config(workdir, spec)
-    model = models.create_model(spec, axis_name=steps.AXIS)
-    init_rng, dropout_rng = jax.random.split(
-        jax.random.key(spec.config.rng_seed))
-    state = steps.create_train_state(spec, model, init_rng)
-    fresh = not checkpoints.saved_steps(workdir)
-    if fresh:
-      state = _load_pretrained(spec, state)
-    source = data.create_source(spec.config)
-    pretrain_seconds = None
-    if fresh and spec.config.masked_pretraining.num_epochs:
-      state, pretrain_seconds = _pretrain(spec, model, state, source,
-                                          jax.random.fold_in(init_rng, 1))
-    _describe(spec, state.params, workdir, lead)
-    with checkpoints.create_manager(
-        workdir, spec.config.checkpoint_metric,
-        spec.config.max_checkpoints_to_keep) as manager:
-      state, dropout_rng = _resume(manager, state, dropout_rng)
-      progress = logs.Progress(workdir, int(state.step), spec.total_steps,
-                               spec.config.batch_size, write=lead)
-      with contextlib.closing(progress), _disk_full_is_one_line(
-          manager, workdir):
-        _train(spec, model, source, state, dropout_rng, manager, progress,
-               workdir)
-      best_step, state = evaluate.restore_best(manager, state)
-    final = evaluate.evaluate_variables(model, state.eval_variables(),
-                                        source)
+  with _owned(workdir, spec, lead):
+    if spec.config.ensemble_size == 1:
+      runs = [_train_run(spec, workdir, lead)]
+    else:
+      runs = []
+      for k, member_workdir in enumerate(
+          ensemble.member_workdirs(workdir, spec.config)):
+        member = spec_lib.check_config(
+            ensemble.member_config(spec.config, k), mode='train')
+        logger.info('Member %d of %d, rng_seed %d, in %s.', k + 1,
+                    spec.config.ensemble_size,
+                    member.config.rng_seed, member_workdir)
+        with _owned(member_workdir, member, lead):
+          runs.append(_train_run(member, member_workdir, lead))
+    final = evaluate.evaluate_members(
+        runs[0].model, [run.variables for run in runs], runs[0].source)
+    pretrain_seconds = [run.pretrain_seconds for run in runs
+                        if run.pretrain_seconds is not None]
     results = results_lib.summarize(
-        spec, state.params, best_step=best_step, val=final['val'],
-        test=final['test'], train_seconds=progress.seconds(),
-        pretrain_seconds=pretrain_seconds, skipped=source.skipped)
+        spec, runs[0].params,
+        best_step=([run.best_step for run in runs] if len(runs) > 1 else
+                   runs[0].best_step),
+        val=final['val'], test=final['test'],
+        train_seconds=sum(run.train_seconds for run in runs),
+        pretrain_seconds=sum(pretrain_seconds) if pretrain_seconds else None,
+        skipped=runs[0].source.skipped)
     if lead:
-      results_lib.write(workdir, spec, results, final['test_predictions'])
+      results_lib.write(workdir, spec, results, final['test_predictions'],
+                        [run.workdir for run in runs])
   return results
+
+
+@contextlib.contextmanager
+def _owned(workdir: str, spec: spec_lib.Spec, lead: bool) -> Iterator[None]:
+  """Holds `workdir`'s lock and keeps `spec`'s config there (on the lead
+  process; the others write nothing)."""
+  if not lead:
+    yield
+    return
+  with workdir_lib.locked(workdir):
+    workdir_lib.keep_config(workdir, spec)
+    yield
+
+
+@dataclasses.dataclass
+class _TrainedRun:
+  """What the evaluation of a finished run (or ensemble member) needs."""
+  workdir: str
+  model: object
+  source: object
+  params: dict
+  variables: dict
+  best_step: int
+  train_seconds: float
+  pretrain_seconds: Optional[float]
+
+
+def _train_run(spec: spec_lib.Spec, workdir: str, lead: bool) -> _TrainedRun:
+  """Trains one model in `workdir` (owned by this process) to its last step,
+  resuming from its newest checkpoint; returns its best checkpoint's
+  variables, on the host."""
+  model = models.create_model(spec, axis_name=steps.AXIS)
+  init_rng, dropout_rng = jax.random.split(
+      jax.random.key(spec.config.rng_seed))
+  state = steps.create_train_state(spec, model, init_rng)
+  fresh = not checkpoints.saved_steps(workdir)
+  if fresh:
+    state = _load_pretrained(spec, state)
+  source = data.create_source(spec.config)
+  pretrain_seconds = None
+  if fresh and spec.config.masked_pretraining.num_epochs:
+    state, pretrain_seconds = _pretrain(spec, model, state, source,
+                                        jax.random.fold_in(init_rng, 1))
+  _describe(spec, state.params, workdir, lead)
+  with checkpoints.create_manager(
+      workdir, spec.config.checkpoint_metric,
+      spec.config.max_checkpoints_to_keep) as manager:
+    state, dropout_rng = _resume(manager, state, dropout_rng)
+    progress = logs.Progress(workdir, int(state.step), spec.total_steps,
+                             spec.config.batch_size, write=lead)
+    with contextlib.closing(progress), _disk_full_is_one_line(
+        manager, workdir):
+      _train(spec, model, source, state, dropout_rng, manager, progress,
+             workdir)
+    best_step, state = evaluate.restore_best(manager, state)
+  return _TrainedRun(
+      workdir=workdir, model=model, source=source, params=state.params,
+      variables=state.eval_variables(), best_step=best_step,
+      train_seconds=progress.seconds(), pretrain_seconds=pretrain_seconds)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,8 @@ LOCK_NAME = '.lock'
 # restores only into a config that has the same.
 _STRUCTURAL = ('model_name', 'model.', 'dataset_configs.num_classes',
                'dataset_configs.num_frames', 'dataset_configs.crop_size',
-               'dataset_configs.num_channels', 'optimizer', 'ema_decay')
+               'dataset_configs.num_channels', 'optimizer', 'ema_decay',
+               'ensemble_size')
 # Model fields that change neither the parameters nor what evaluation
 # computes.
 _TRAINING_ONLY = ('model.dropout_rate', 'model.attention_dropout_rate',
