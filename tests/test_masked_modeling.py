@@ -128,10 +128,11 @@ def test_hidden_voxels_do_not_reach_the_encoder_through_the_stem():
 
 
 def _recipe_slice(num_epochs):
-  """The recipe for 2 epochs of 2 steps of batch 8, with `num_epochs` of
-  masked pre-training."""
+  """The recipe (one model, not its ensemble) for 2 epochs of 2 steps of
+  batch 8, with `num_epochs` of masked pre-training."""
   config = vivit_jax.load_config(str(REPO / 'configs/medmnist3d.py'))
   config.dataset_configs.data_dir = str(SHARED / 'data')
+  config.ensemble_size = 1
   config.batch_size = 8
   config.num_training_epochs = 2
   config.num_training_steps = 4
