@@ -6,7 +6,9 @@ A run owns its workdir (`workdir.locked`) and writes there: `config.json`,
 `tensorboard/` (see `logs`), and at its end `results.json`,
 `predictions.csv` and the figures (see `results`). Running the same command
 again resumes from the newest readable checkpoint; SIGTERM and Ctrl-C save
-one before stopping.
+one before stopping. An ensemble's members are runs of their own, in
+`members/k` (see `ensemble`), and its workdir holds the results of their mean
+prediction.
 """
 
 import contextlib
