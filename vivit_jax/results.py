@@ -7,7 +7,7 @@ every member's training."""
 import json
 import logging
 import os
-from typing import Optional
+from typing import Optional, Union
 
 import jax
 import numpy as np
@@ -20,8 +20,9 @@ from vivit_jax import spec as spec_lib
 logger = logging.getLogger(__name__)
 
 
-def summarize(spec: spec_lib.Spec, params, *, best_step: int, val: dict,
-              test: dict, train_seconds: float,
+def summarize(spec: spec_lib.Spec, params, *,
+              best_step: Union[int, list[int]], val: dict, test: dict,
+              train_seconds: float,
               pretrain_seconds: Optional[float] = None,
               skipped: Optional[dict] = None) -> dict:
   """The contents of results.json; warns when the model predicts a single
