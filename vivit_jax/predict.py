@@ -10,7 +10,8 @@ Inputs are clips of the model's shape (T, H, W, C), or (T, H, W) when C = 1:
 uint8 in [0, 255] or floats in [0, 1], one clip or a stack of them, in .npy
 or .npz files (every array of an npz, or its `test_images`); video files
 (read as the config's evaluation views, whose logits are averaged); or a
-folder of such files.
+folder of such files. The workdir of an ensemble classifies by the mean of
+its members' probabilities.
 
 A model trained on T frames runs on T' (or another frame size): give the
 workdir with a config whose `dataset_configs.num_frames` (`crop_size`) is
