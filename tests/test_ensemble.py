@@ -120,3 +120,19 @@ def test_another_ensemble_size_does_not_reuse_the_workdir(ensemble_run):
   with pytest.raises(workdir_lib.WorkdirError,
                      match=r'ensemble_size 2 -> 3'):
     evaluate.evaluate_workdir(str(workdir), _config(3))
+
+
+def test_an_ensemble_trained_on_t_frames_predicts_on_more(ensemble_run):
+  workdir, _ = ensemble_run
+  config = _config()
+  config.dataset_configs.num_frames = 56
+  volumes = np.random.default_rng(0).random((3, 56, 28, 28), np.float32)
+  whole = vivit_jax.Classifier.from_workdir(str(workdir), config)
+  assert len(whole.members) == 2
+  members = [vivit_jax.Classifier.from_workdir(
+      str(workdir / 'members' / str(k)), ensemble.member_config(config, k))
+             for k in range(2)]
+  np.testing.assert_allclose(
+      whole.predict(volumes),
+      np.mean([member.predict(volumes) for member in members], 0),
+      rtol=1e-5, atol=1e-6)
