@@ -179,10 +179,10 @@ def restore_members(workdir: str, config: Optional[
   not an ensemble): (spec, model, [variables], [step]), one per member."""
   config = config or workdir_lib.load_config(workdir)
   spec = spec_lib.check_config(config, mode='model')
-  workdir_lib.check_matches(workdir, spec)
-  if spec.config.ensemble_size == 1:
+  if spec.config.ensemble_size == 1:  # restore_for_eval checks the workdir.
     spec, model, variables, step = restore_for_eval(workdir, config)
     return spec, model, [variables], [step]
+  workdir_lib.check_matches(workdir, spec)
   members = [restore_for_eval(member_workdir,
                               ensemble.member_config(spec.config, k))
              for k, member_workdir in enumerate(
