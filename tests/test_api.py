@@ -26,6 +26,7 @@ CONFIGS = {
     'adrenal.py': ('model1', 'model2', 'model3', 'model4', 'cnn3d', 'vtn',
                    'vidtr'),
     'adrenal_deit.py': ('central_frame', 'average_frame', 'random'),
+    'adrenal_deit_hybrid.py': ('pretrained', 'scratch'),
     'medmnist3d.py': ('adrenalmnist3d', 'organmnist3d', 'vesselmnist3d'),
     'termproject.py': ('vivit1', 'vivit2', 'cnn3d'),
     'tiny.py': (None,),

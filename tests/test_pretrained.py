@@ -462,6 +462,36 @@ def test_unmappable_shapes_load_nothing_and_name_the_keys(random_vit):
     _load(config)
 
 
+def test_a_hybrid_loads_the_encoder_and_keeps_its_stem(random_vit):
+  """A convolutional stem before the tubelets (a hybrid ViViT) takes the
+  checkpoint's encoder; the stem and the tubelet kernel, which read the
+  stem's features and not pixels, keep their initialisation."""
+  config = _config(random_vit, patch_size=(2, 2, 1), num_classes=3,
+                   num_channels=1, kernel_init_method='random')
+  config.model.stem_features = (4,)  # 4 x 16 x 16 -> 2 x 8 x 8 x 4 features.
+  config.model.stem_norm = 'batch'
+  _, params, loaded, report = _load(config)
+  initial, loaded = _flat(params), _flat(loaded)
+  source = readers.read_vit_npz(random_vit).params
+  kept = [name for name in initial if name.startswith(
+      ('stem/', 'embedding/kernel', 'output_projection/'))]
+  assert sorted(report.kept) == sorted(kept)
+  assert all(np.array_equal(loaded[name], initial[name]) for name in kept)
+  positions = 'Transformer/posembed_input/pos_embedding'
+  assert sorted(report.loaded) == sorted(set(initial) - {*kept, positions})
+  assert all(np.array_equal(loaded[name], source[name])
+             for name in report.loaded)
+  # The checkpoint's 4 x 4 grid of positions, repeated over 2 time steps.
+  np.testing.assert_array_equal(
+      loaded[positions][0, 1:].reshape(2, 16, -1),
+      np.stack([source[positions][0, 1:]] * 2))
+
+  config.init_from.kernel_init_method = 'central_frame'
+  with pytest.raises(spec.ConfigError,
+                     match="kernel_init_method='random'"):
+    _load(config)
+
+
 def test_unknown_choices_name_the_config_field(random_vit):
   with pytest.raises(ValueError, match='config.init_from.kernel_init_method'):
     _load(_config(random_vit, kernel_init_method='inflate'))
