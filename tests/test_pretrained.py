@@ -486,9 +486,13 @@ def test_a_hybrid_loads_the_encoder_and_keeps_its_stem(random_vit):
       loaded[positions][0, 1:].reshape(2, 16, -1),
       np.stack([source[positions][0, 1:]] * 2))
 
+  assert report.kept['stem/Conv_0/kernel'] == (
+      'the checkpoint has no convolutional stem')
+
   config.init_from.kernel_init_method = 'central_frame'
-  with pytest.raises(spec.ConfigError,
-                     match="kernel_init_method='random'"):
+  with pytest.raises(readers.CheckpointError,
+                     match="convolutional stem replaces the pixels "
+                     ".*kernel_init_method='random'"):
     _load(config)
 
 

@@ -242,14 +242,6 @@ def _check_stem(config: ml_collections.ConfigDict) -> tuple[int, int]:
   if levels and config.model_name == 'vit':
     config_error('model.stem_features', 'the ViT has no convolutional stem',
                  'Leave it empty, or use a ViViT.')
-  init_from = config.get('init_from') or {}
-  if levels and init_from.get('checkpoint_path') and (
-      init_from.get('kernel_init_method') != 'random'):
-    config_error('model.stem_features', 'a convolutional stem replaces the '
-                 'pixels that a checkpoint\'s patch embedding reads',
-                 "Set init_from.kernel_init_method='random' (the encoder is "
-                 'loaded, the stem and tubelet embedding start at random), or '
-                 'drop init_from or the stem.')
   _check_choice('model.stem_norm', model.stem_norm, stem.NORMS)
   # Each level's pooling halves the sizes, rounding down as the 3D CNN's.
   size, frames = dataset.crop_size >> levels, dataset.num_frames >> levels

@@ -6,6 +6,8 @@
 
 The checkpoint (read by `readers`) is an image ViT or a trained ViViT.
 Its parameters map into every model:
+  - a convolutional stem (a hybrid ViViT) is loaded from a run that has
+    one and otherwise left at initialisation;
   - the patch embedding E: a 2D kernel becomes a tubelet kernel by
     `adapt.inflate_kernel` ('central_frame', Eq. 9, or 'average_frame', Eq. 8) or
     is left at initialisation ('random'); RGB kernels are summed over the
@@ -93,6 +95,7 @@ def load_pretrained(config: ml_collections.ConfigDict, params
     {'vtn': vtn_vidtr.map_vtn, 'vidtr': vtn_vidtr.map_vidtr}[name](plan,
                                                                    config)
   else:
+    map_stem(plan)
     map_embedding(plan, init.kernel_init_method)
     for encoder, grid in _token_grids(config).items():
       map_encoder(plan, encoder, grid, init)
@@ -123,9 +126,25 @@ def _token_grids(config: ml_collections.ConfigDict
   return {'Transformer': grid}
 
 
+def map_stem(plan: plan_lib.Plan) -> None:
+  """A convolutional stem: a run's own (its convolutions and norms do not
+  depend on the input size), else its initialisation."""
+  if plan.has_target('stem') and plan.has_source('stem'):
+    plan.load_tree('stem', 'stem')
+  else:
+    plan.keep('stem', 'the checkpoint has no convolutional stem')
+
+
 def map_embedding(plan: plan_lib.Plan, method: str) -> None:
   shape = tuple(plan.target['embedding/kernel'].shape)
   source = plan.source.get('embedding/kernel')
+  if (plan.has_target('stem') and not plan.has_source('stem') and
+      method != 'random'):
+    plan.errors.append(
+        "embedding/kernel: the model's convolutional stem replaces the pixels "
+        "that the checkpoint's patch embedding reads; set "
+        "config.init_from.kernel_init_method='random'")
+    return
   if source is not None and source.ndim == 4 and len(shape) == 5 and (
       method == 'random'):
     why = "config.init_from.kernel_init_method='random'"
