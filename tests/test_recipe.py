@@ -66,25 +66,54 @@ def test_size_64_keeps_the_token_count_small(size, tokens):
   assert spec.num_tokens == tokens, spec.token_grid
 
 
-def test_the_recipe_trains_on_a_tiny_slice(tmp_path):
-  """The recipe as it is, on 32 training and 16 validation and test volumes
-  of AdrenalMNIST3D, for 2 steps: results, predictions and figures."""
+def _slice_config(path, size: int = 28):
+  config = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
+  config.dataset_configs = dataset_configs.arrays_dataset(
+      str(path), num_classes=2, num_frames=size, crop_size=size,
+      class_names=medmnist.class_names('adrenalmnist3d'))
+  config.num_training_steps = 2
+  return config
+
+
+@pytest.fixture(scope='module')
+def recipe_run(tmp_path_factory):
+  """The recipe as it is, trained for 2 steps on 32 training volumes of
+  AdrenalMNIST3D (16 for validation and test): (workdir, results)."""
+  tmp_path = tmp_path_factory.mktemp('recipe')
   path = tmp_path / 'slice.npz'
   sizes = {'train': 32, 'val': 16, 'test': 16}
   with np.load(SHARED / 'data' / 'adrenalmnist3d.npz') as npz:
     np.savez(path, **{f'{split}_{kind}': npz[f'{split}_{kind}'][:size]
                       for split, size in sizes.items()
                       for kind in ('images', 'labels')})
-  config = vivit_jax.load_config(f'{RECIPE}:adrenalmnist3d')
-  config.dataset_configs = dataset_configs.arrays_dataset(
-      str(path), num_classes=2, num_frames=28, crop_size=28,
-      class_names=medmnist.class_names('adrenalmnist3d'))
-  config.num_training_steps = 2
-  results = vivit_jax.train_and_evaluate(config, str(tmp_path / 'run'))
+  return tmp_path / 'run', vivit_jax.train_and_evaluate(
+      _slice_config(path), str(tmp_path / 'run'))
+
+
+def test_the_recipe_trains_on_a_tiny_slice(recipe_run):
+  """Results, predictions and figures."""
+  workdir, results = recipe_run
   assert results['steps'] == 2
   assert np.isfinite(results['test']['loss'])
-  saved = json.loads((tmp_path / 'run' / 'results.json').read_text())
+  saved = json.loads((workdir / 'results.json').read_text())
   assert saved['test']['acc'] == results['test']['acc']
-  assert len((tmp_path / 'run' / 'predictions.csv').read_text()
+  assert len((workdir / 'predictions.csv').read_text()
              .splitlines()) == 1 + 16
-  assert (tmp_path / 'run' / 'roc_curve.png').exists()
+  assert (workdir / 'roc_curve.png').exists()
+
+
+def test_the_recipe_predicts_at_another_size(recipe_run):
+  """The stem's weights and BatchNorm statistics come along: on 29^3
+  volumes that end in a slab of zeros, the stem's last pooling drops that
+  slab and its padding was zeros, so the 3 x 3 x 3 tokens and the
+  probabilities are those of the 28^3 volumes."""
+  workdir, _ = recipe_run
+  with np.load(SHARED / 'data' / 'adrenalmnist3d.npz') as npz:
+    volumes = npz['test_images'][:8]
+  trained = vivit_jax.Classifier.from_workdir(str(workdir))
+  resized = vivit_jax.Classifier.from_workdir(
+      str(workdir), _slice_config(workdir / 'unused.npz', size=29))
+  assert len(resized.members) == 3 and resized.spec.num_tokens == 27
+  padded = np.pad(volumes, ((0, 0), (0, 1), (0, 1), (0, 1)))
+  np.testing.assert_allclose(resized.predict(padded), trained.predict(volumes),
+                             rtol=1e-5, atol=1e-6)

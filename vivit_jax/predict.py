@@ -16,7 +16,8 @@ its members' probabilities.
 A model trained on T frames runs on T' (or another frame size): give the
 workdir with a config whose `dataset_configs.num_frames` (`crop_size`) is
 the new one, and the positional embeddings are interpolated as they are
-when initialising from a checkpoint (`pretrained`).
+when initialising from a checkpoint (`pretrained`); a convolutional stem
+keeps its weights and BatchNorm statistics.
 """
 
 import dataclasses
@@ -94,11 +95,19 @@ class Classifier:
   @classmethod
   def _resized(cls, workdir: str, config: ml_collections.ConfigDict
                ) -> 'Classifier':
-    """The model of `config`, from the weights of the run in `workdir`."""
+    """The model of `config`, from the weights of the run in `workdir`
+    (and the running statistics of its BatchNorm stem, which do not depend
+    on the input size)."""
     config = config.copy_and_resolve_references()
     with config.unlocked():
       config.init_from = config_builders.init_from(workdir)
-    return cls.from_config(config)
+    classifier = cls.from_config(config)
+    variables, = classifier.members
+    if 'batch_stats' in variables:
+      _, _, trained, _ = evaluate.restore_for_eval(workdir)
+      classifier.members = [{**variables,
+                             'batch_stats': trained['batch_stats']}]
+    return classifier
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'Classifier':
