@@ -20,13 +20,15 @@ width 192, MLP 768, exact GELU; 5.6M parameters, 27 tokens.
   scratch: the same model from random weights, the control.
 """
 
+import os
+
 import ml_collections
 
-from configs import adrenal_deit
-from configs import medmnist3d
+import vivit_jax
 from vivit_jax import config_builders
 
 INITIALISATIONS = ('pretrained', 'scratch')
+_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def get_config(initialisation: str = 'pretrained'
@@ -34,12 +36,14 @@ def get_config(initialisation: str = 'pretrained'
   if initialisation not in INITIALISATIONS:
     raise ValueError(f'Unknown initialisation {initialisation!r}: use one of '
                      f'{INITIALISATIONS}.')
-  config = medmnist3d.get_config('adrenalmnist3d')
+  config = vivit_jax.load_config(
+      os.path.join(_HERE, 'medmnist3d.py:adrenalmnist3d'))
   config.experiment_name = f'adrenal_deit_hybrid_{initialisation}'
   config.ensemble_size = 1
   config.model.update(hidden_size=192, num_layers=12, num_heads=3,
                       mlp_dim=768, gelu_approximate=False)
   if initialisation == 'pretrained':
+    deit_tiny = vivit_jax.load_config(os.path.join(_HERE, 'adrenal_deit.py'))
     config.init_from = config_builders.init_from(
-        adrenal_deit.DEIT_TINY, kernel_init_method='random')
+        deit_tiny.init_from.checkpoint_path, kernel_init_method='random')
   return config
