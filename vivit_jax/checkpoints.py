@@ -184,9 +184,11 @@ def restore_first_readable(manager: ocp.CheckpointManager, steps: list[int],
       f'({"; ".join(failures)}): delete {manager.directory} to start over.')
 
 
-def restore_params(workdir: str, step: Optional[int] = None) -> Any:
-  """The parameters a trained model is evaluated with (the moving average
-  where the run kept one), as numpy arrays.
+def restore_eval_variables(workdir: str, step: Optional[int] = None
+                           ) -> dict[str, Any]:
+  """The variables a trained model is evaluated with, as numpy arrays:
+  'params' (the moving average where the run kept one) and, for models with
+  BatchNorm, 'batch_stats'.
 
   Args:
     workdir: the `--workdir` of a run (or its `checkpoints` folder).
@@ -198,7 +200,15 @@ def restore_params(workdir: str, step: Optional[int] = None) -> Any:
   manager = open_manager(workdir)
   step = best_or_latest_step(manager) if step is None else step
   tree = manager.restore(step)
-  return tree.get('ema_params', tree['params'])
+  variables = {'params': tree.get('ema_params', tree['params'])}
+  if 'batch_stats' in tree:
+    variables['batch_stats'] = tree['batch_stats']
+  return variables
+
+
+def restore_params(workdir: str, step: Optional[int] = None) -> Any:
+  """`restore_eval_variables(workdir, step)['params']`."""
+  return restore_eval_variables(workdir, step)['params']
 
 
 def best_or_latest_step(manager: ocp.CheckpointManager) -> int:

@@ -29,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vivit_jax import checkpoints
 from vivit_jax import config_builders
 from vivit_jax import data
 from vivit_jax import ensemble
@@ -104,7 +105,9 @@ class Classifier:
     classifier = cls.from_config(config)
     variables, = classifier.members
     if 'batch_stats' in variables:
-      _, _, trained, _ = evaluate.restore_for_eval(workdir)
+      # From the checkpoint the parameters came from, without building and
+      # initialising the model of the run's own input size.
+      trained = checkpoints.restore_eval_variables(workdir)
       classifier.members = [{**variables,
                              'batch_stats': trained['batch_stats']}]
     return classifier
