@@ -38,6 +38,7 @@ INGREDIENTS = {
               {'model.stem_features': (), 'model.stem_norm': 'layer',
                'model.patches.size': (4, 4, 4),
                'model.hidden_size': 64, 'model.mlp_dim': 256,
+               'model.num_layers': 4, 'model.classifier': 'gap',
                'model.temporal_transformer.mlp_dim': 256,
                'model.dropout_rate': 0.0,
                'model.stochastic_droplayer_rate': 0.1,
@@ -147,6 +148,12 @@ INGREDIENTS = {
     'ensemble3': ('an ensemble of 3 members from their own seeds, classifying '
                   'by the mean of their probabilities (3x the training)',
                   {'ensemble_size': 3}),
+    'depth2': ('a transformer of 2 layers instead of 4',
+               {'model.num_layers': 2}),
+    'depth8': ('a transformer of 8 layers instead of 4',
+               {'model.num_layers': 8}),
+    'token': ('a class token read by the head instead of global average '
+              'pooling of the tokens', {'model.classifier': 'token'}),
     'batch16': ('batch 16 instead of 32 (twice the steps)',
                 {'batch_size': 16}),
     'epochs12': ('12 epochs, 2 of warm-up',
