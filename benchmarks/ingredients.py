@@ -148,6 +148,8 @@ INGREDIENTS = {
     'ensemble3': ('an ensemble of 3 members from their own seeds, classifying '
                   'by the mean of their probabilities (3x the training)',
                   {'ensemble_size': 3}),
+    'depth1': ('a transformer of 1 layer instead of 4',
+               {'model.num_layers': 1}),
     'depth2': ('a transformer of 2 layers instead of 4',
                {'model.num_layers': 2}),
     'depth8': ('a transformer of 8 layers instead of 4',
