@@ -83,8 +83,8 @@ def _init(config):
 def _load(config):
   """(model, initial params, loaded params, report)."""
   model, params = _init(config)
-  loaded, report = pretrained.load_pretrained(config, params)
-  return model, params, loaded, report
+  loaded, report = pretrained.load_pretrained(config, {'params': params})
+  return model, params, loaded['params'], report
 
 
 def _logits(model, params, inputs):
@@ -444,7 +444,7 @@ def test_unmappable_shapes_load_nothing_and_name_the_keys(random_vit):
   model, params = _init(config)
   before = _flat(params)
   with pytest.raises(readers.CheckpointError) as error:
-    pretrained.load_pretrained(config, params)
+    pretrained.load_pretrained(config, {'params': params})
   message = str(error.value)
   assert message.startswith(f'{random_vit} (vit_npz) cannot initialise the '
                             'model')
@@ -494,6 +494,34 @@ def test_a_hybrid_loads_the_encoder_and_keeps_its_stem(random_vit):
                      match="convolutional stem replaces the pixels "
                      ".*kernel_init_method='random'"):
     _load(config)
+
+
+def test_a_hybrid_run_initialises_a_hybrid_with_its_batch_statistics(
+    random_vit, tmp_path):
+  """Fine-tuning from a hybrid ViViT run takes all of it, its stem's
+  BatchNorm running statistics included."""
+  config = _config(random_vit, patch_size=(2, 2, 1), num_classes=3,
+                   num_channels=1, kernel_init_method='random')
+  config.model.stem_features = (4,)
+  config.model.stem_norm = 'batch'
+  model = models.create_model(config)
+  clip = jnp.zeros((1,) + spec.check_config(config, mode='model').input_shape)
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), clip, train=False))
+  assert set(shapes) == {'params', 'batch_stats'}
+  trained = jax.tree.map(np.asarray, _randomize(shapes, seed=1))
+  manager = checkpoints.create_manager(str(tmp_path))
+  checkpoints.save(manager, 10, {**trained, 'step': np.int32(10)},
+                   {'acc': 0.5, 'auc': 0.5, 'loss': 1.0})
+  config.init_from = config_builders.init_from(str(tmp_path))
+
+  loaded, report = pretrained.load_pretrained(
+      config, _randomize(shapes, seed=2))
+  assert set(loaded) == {'params', 'batch_stats'}
+  jax.tree.map(np.testing.assert_array_equal, loaded, trained)
+  assert {'batch_stats/stem/BatchNorm_0/mean',
+          'batch_stats/stem/BatchNorm_0/var'} <= set(report.loaded)
+  assert not report.kept and not report.unused
 
 
 def test_unknown_choices_name_the_config_field(random_vit):

@@ -7,10 +7,16 @@ import json
 import numpy as np
 import pytest
 
+import jax
 import vivit_jax
 from benchmarks import ingredients
 from tests.conftest import REPO, SHARED
+from vivit_jax import checkpoints
+from vivit_jax import config_builders
+from vivit_jax import models
 from vivit_jax import spec as spec_lib
+from vivit_jax import steps
+from vivit_jax import train
 from vivit_jax import workdir as workdir_lib
 from vivit_jax.data import dataset_configs
 from vivit_jax.data import medmnist
@@ -118,3 +124,18 @@ def test_the_recipe_predicts_at_another_size(recipe_run):
   padded = np.pad(volumes, ((0, 0), (0, 1), (0, 1), (0, 1)))
   np.testing.assert_allclose(resized.predict(padded), trained.predict(volumes),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_fine_tuning_from_the_recipe_starts_from_its_stem_statistics(
+    recipe_run):
+  """A run initialised from a recipe run (`config.init_from`) starts from
+  its parameters and its BatchNorm stem's running statistics."""
+  workdir, _ = recipe_run
+  config = _slice_config(workdir.parent / 'slice.npz')
+  config.init_from = config_builders.init_from(str(workdir))
+  spec = spec_lib.check_config(config)
+  model = models.create_model(spec)
+  state = train._load_pretrained(spec, steps.create_train_state(
+      spec, model, jax.random.key(1)))
+  expected = checkpoints.restore_eval_variables(str(workdir))
+  jax.tree.map(np.testing.assert_array_equal, state.variables(), expected)

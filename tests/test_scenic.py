@@ -54,8 +54,8 @@ def _load(config):
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), clip, train=False))['params']
   params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-  loaded, report = pretrained.load_pretrained(config, params)
-  return model, loaded, report
+  loaded, report = pretrained.load_pretrained(config, {'params': params})
+  return model, loaded['params'], report
 
 
 @pytest.mark.parametrize('case', list(CASES))

@@ -3,7 +3,7 @@
 Layout: `WORKDIR/checkpoints/STEP/default/` holds one pytree
 
   {'params':      the model's parameters (float32),
-   'batch_stats': BatchNorm statistics (the 3D CNN only),
+   'batch_stats': BatchNorm statistics (the 3D CNN, a BatchNorm stem),
    'ema_params':  the moving average of 'params' (with config.ema_decay),
    'opt_state':   the optax state,
    'step':        int32 scalar, the number of steps taken,

@@ -29,7 +29,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from vivit_jax import checkpoints
 from vivit_jax import config_builders
 from vivit_jax import data
 from vivit_jax import ensemble
@@ -96,21 +95,11 @@ class Classifier:
   @classmethod
   def _resized(cls, workdir: str, config: ml_collections.ConfigDict
                ) -> 'Classifier':
-    """The model of `config`, from the weights of the run in `workdir`
-    (and the running statistics of its BatchNorm stem, which do not depend
-    on the input size)."""
+    """The model of `config`, from the weights of the run in `workdir`."""
     config = config.copy_and_resolve_references()
     with config.unlocked():
       config.init_from = config_builders.init_from(workdir)
-    classifier = cls.from_config(config)
-    variables, = classifier.members
-    if 'batch_stats' in variables:
-      # From the checkpoint the parameters came from, without building and
-      # initialising the model of the run's own input size.
-      trained = checkpoints.restore_eval_variables(workdir)
-      classifier.members = [{**variables,
-                             'batch_stats': trained['batch_stats']}]
-    return classifier
+    return cls.from_config(config)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'Classifier':
@@ -123,8 +112,7 @@ class Classifier:
                                      jax.random.key(spec.config.rng_seed))
     init_from = spec.config.init_from
     if init_from and init_from.get('checkpoint_path'):
-      params, _ = pretrained.load_pretrained(spec.config, variables['params'])
-      variables = {**variables, 'params': params}
+      variables, _ = pretrained.load_pretrained(spec.config, variables)
     return cls(spec, model, [variables])
 
   @property

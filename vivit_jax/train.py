@@ -191,15 +191,19 @@ def _disk_full_is_one_line(manager, workdir: str) -> Iterator[None]:
 
 def _load_pretrained(spec: spec_lib.Spec, state: steps.TrainState
                      ) -> steps.TrainState:
-  """The host `state` with the parameters of `config.init_from`'s
-  checkpoint (if any), and its optimiser state initialised for them."""
+  """The host `state` with the parameters (and BatchNorm statistics) of
+  `config.init_from`'s checkpoint, if any, and its optimiser state
+  initialised for them."""
   init_from = spec.config.init_from
   if not init_from or not init_from.get('checkpoint_path'):
     return state
-  params, report = pretrained.load_pretrained(spec.config, state.params)
+  variables, report = pretrained.load_pretrained(spec.config,
+                                                 state.variables())
   logger.info('%s', report)
-  return state.replace(params=params, opt_state=state.tx.init(params)
-                       ).restart_average()
+  params = variables['params']
+  return state.replace(params=params,
+                       batch_stats=variables.get('batch_stats', {}),
+                       opt_state=state.tx.init(params)).restart_average()
 
 
 def _pretrain(spec: spec_lib.Spec, model, state: steps.TrainState, source,

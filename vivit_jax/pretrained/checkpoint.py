@@ -1,9 +1,10 @@
-"""What every checkpoint reader returns, the error they raise, and the
-block names they share."""
+"""What every checkpoint reader returns, the error they raise, the block
+names they share, and the flat names of a model's variables."""
 
 import dataclasses
-from typing import Optional
+from typing import Any, Collection, Optional
 
+from flax import traverse_util
 import numpy as np
 
 # Current Flax (big_vision, Scenic) numbers an encoder block's modules per
@@ -28,7 +29,8 @@ class Checkpoint:
     path: the file or folder read.
     format: 'vit_npz', 'huggingface', 'orbax' or 'scenic'.
     params: {'/'-joined name: array}, named as in `models.ViT` (image
-      checkpoints) or `models.ViViT` (video checkpoints).
+      checkpoints) or `models.ViViT` (video checkpoints); a vivit-jax run's
+      BatchNorm statistics too, as `flatten_variables` names them.
     is_video: whether `params` are a ViViT's.
     grid: (n_t, n_h, n_w), the token grid of the positional embedding, when
       the file records it; None otherwise.
@@ -44,3 +46,24 @@ class Checkpoint:
   gelu_approximate: Optional[bool] = None
   layer_norm_epsilon: Optional[float] = None
   unused: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def flatten_variables(variables: dict[str, Any]) -> dict[str, Any]:
+  """{'/'-joined name: array} of a model's variables: its parameters by
+  their own names ('stem/Conv_0/kernel'), the variables of its other
+  collections under the collection's name ('batch_stats/stem/...')."""
+  return {'/'.join(path[1:] if path[0] == 'params' else path): value
+          for path, value in traverse_util.flatten_dict(variables).items()}
+
+
+def unflatten_variables(flat: dict[str, Any],
+                        collections: Collection[str]) -> dict[str, Any]:
+  """The inverse of `flatten_variables`, for a model whose collections
+  other than 'params' are `collections`."""
+  nested = {}
+  for name, value in flat.items():
+    path = tuple(name.split('/'))
+    if path[0] not in collections:
+      path = ('params',) + path
+    nested[path] = value
+  return traverse_util.unflatten_dict(nested)

@@ -1,13 +1,14 @@
 """Initialising a model from a pretrained checkpoint (paper Section 3.4).
 
   config.init_from = config_builders.init_from('ViT-B_16.npz')
-  params, report = pretrained.load_pretrained(config, params)
+  variables, report = pretrained.load_pretrained(config, variables)
   logging.info('%s', report)
 
 The checkpoint (read by `readers`) is an image ViT or a trained ViViT.
 Its parameters map into every model:
   - a convolutional stem (a hybrid ViViT) is loaded from a run that has
-    one and otherwise left at initialisation;
+    one, with its BatchNorm statistics, and otherwise left at
+    initialisation;
   - the patch embedding E: a 2D kernel becomes a tubelet kernel by
     `adapt.inflate_kernel` ('central_frame', Eq. 9, or 'average_frame', Eq. 8) or
     is left at initialisation ('random'); RGB kernels are summed over the
@@ -37,7 +38,6 @@ import math
 import re
 from typing import Collection, Optional, Sequence
 
-from flax import traverse_util
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
@@ -45,6 +45,7 @@ import numpy as np
 
 from vivit_jax import spec as spec_lib
 from vivit_jax.pretrained import adapt
+from vivit_jax.pretrained import checkpoint as checkpoint_lib
 from vivit_jax.pretrained import plan as plan_lib
 from vivit_jax.pretrained import readers
 
@@ -52,18 +53,20 @@ KERNEL_INIT_METHODS = ('central_frame', 'average_frame', 'random')
 POSITIONAL_EMBED_SIZE_CHANGES = ('tile', 'resize_tile')
 
 
-def load_pretrained(config: ml_collections.ConfigDict, params
+def load_pretrained(config: ml_collections.ConfigDict, variables: dict
                     ) -> tuple[dict, plan_lib.LoadReport]:
-  """Loads the checkpoint of `config.init_from` into `params`.
+  """Loads the checkpoint of `config.init_from` into `variables`.
 
   Args:
     config: the experiment config; `config.init_from` comes from
       `config_builders.init_from`.
-    params: the model's freshly initialised parameters (`variables['params']`),
-      whose values stay wherever the checkpoint has none.
+    variables: the model's freshly initialised variables ({'params': ...}
+      and, with a BatchNorm stem, {'batch_stats': ...}), whose values stay
+      wherever the checkpoint has none.
 
   Returns:
-    New parameters (the input is not modified) and the `LoadReport`.
+    New variables with the same collections (the input is not modified)
+    and the `LoadReport`.
 
   Raises:
     readers.CheckpointError: the checkpoint is missing, unreadable, or
@@ -85,8 +88,7 @@ def load_pretrained(config: ml_collections.ConfigDict, params
                 POSITIONAL_EMBED_SIZE_CHANGES)
   checkpoint = readers.read_checkpoint(init.checkpoint_path,
                                              init.checkpoint_format)
-  target = {'/'.join(name): value for name, value in
-            traverse_util.flatten_dict(params).items()}
+  target = checkpoint_lib.flatten_variables(variables)
   plan = plan_lib.Plan(checkpoint, target)
   name = config.get('model_name', 'vivit')
   if name in ('vtn', 'vidtr'):
@@ -102,10 +104,10 @@ def load_pretrained(config: ml_collections.ConfigDict, params
     map_head(plan, init.restore_output_projection)
   report = plan.finish()
   report.notes = _notes(config, checkpoint)
-  values = {tuple(name.split('/')): jnp.asarray(
-      plan.values.get(name, value), dtype=value.dtype)
+  values = {name: jnp.asarray(plan.values.get(name, value), dtype=value.dtype)
             for name, value in target.items()}
-  return traverse_util.unflatten_dict(values), report
+  return checkpoint_lib.unflatten_variables(
+      values, set(variables) - {'params'}), report
 
 
 def _check_choice(field: str, value: str, choices: Sequence[str]) -> None:
@@ -127,12 +129,16 @@ def _token_grids(config: ml_collections.ConfigDict
 
 
 def map_stem(plan: plan_lib.Plan) -> None:
-  """A convolutional stem: a run's own (its convolutions and norms do not
-  depend on the input size), else its initialisation."""
+  """A convolutional stem: a run's own, with its BatchNorm statistics (its
+  convolutions and norms do not depend on the input size), else its
+  initialisation."""
+  statistics = 'batch_stats/stem'
   if plan.has_target('stem') and plan.has_source('stem'):
     plan.load_tree('stem', 'stem')
+    plan.load_tree(statistics, statistics)
   else:
     plan.keep('stem', 'the checkpoint has no convolutional stem')
+    plan.keep(statistics, 'the checkpoint has no convolutional stem')
 
 
 def map_embedding(plan: plan_lib.Plan, method: str) -> None:

@@ -14,7 +14,6 @@ import os
 import re
 import zipfile
 
-from flax import traverse_util
 import jax.numpy as jnp
 import numpy as np
 import safetensors.flax
@@ -24,6 +23,7 @@ from vivit_jax.pretrained import scenic
 from vivit_jax.pretrained.checkpoint import CALL_ORDER_BLOCK_MODULES
 from vivit_jax.pretrained.checkpoint import Checkpoint
 from vivit_jax.pretrained.checkpoint import CheckpointError
+from vivit_jax.pretrained.checkpoint import flatten_variables
 
 FORMATS = ('auto', 'vit_npz', 'huggingface', 'orbax', 'scenic')
 
@@ -328,13 +328,13 @@ def _hf_grid(hf_config: dict, is_video: bool) -> tuple[int, int, int]:
 
 
 def read_orbax(path: str) -> Checkpoint:
-  """The parameters of a vivit-jax run (its best, else latest, checkpoint)."""
+  """The parameters of a vivit-jax run (its best, else latest, checkpoint),
+  and the running statistics of a BatchNorm stem as 'batch_stats/stem/...'."""
   try:
-    params = checkpoints.restore_params(path)
+    variables = checkpoints.restore_eval_variables(path)
   except FileNotFoundError as e:
     raise CheckpointError(f'{path}: {e}') from e
-  params = {'/'.join(name): np.asarray(value) for name, value in
-            traverse_util.flatten_dict(params).items()}
+  params = flatten_variables(variables)
   if 'embedding/kernel' not in params:
     raise CheckpointError(
         f'{path} holds a model without patch embedding (the 3D CNN?): only '
