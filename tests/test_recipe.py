@@ -4,10 +4,10 @@ tiny slice; the full recipe is a benchmark, `benchmarks/medmnist_ablation`)."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
-import jax
 import vivit_jax
 from benchmarks import ingredients
 from tests.conftest import REPO, SHARED
