@@ -35,6 +35,7 @@ def _value_and_grads(fn, q, k, v):
     ((100, 2, 64), 1.0),  # ViT-B's head width; no batch axis.
     ((4, 1, 1, 4), 1.0),  # One token, one head.
     ((2, 3, 50, 2, 16), 4.0),  # Two batch axes; scores in the tens.
+    ((2, 40, 2, 16), 8.0),  # Scores a hundred apart: exp underflows to 0.
 ])
 def test_equals_xla_attention_and_its_gradients(shape, scale):
   q, k, v = (scale * jax.random.normal(key, shape)

@@ -24,6 +24,10 @@
 #include <limits>
 #include <memory>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "cpu_parallel.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -58,8 +62,34 @@ inline float Max(Vec x) {
 }
 
 // exp(x) to about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes'
-// polynomial, 2^n by building the exponent bits. 0 below -87.3 (and for
-// -inf), as float32 underflows there.
+// polynomial, times 2^n. 0 below -87.3 (and for -inf), as float32
+// underflows there.
+inline Vec ExpOfReduced(Vec x, Vec n) {
+  Vec r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  Vec p = Vec{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * (r * r) + r + 1.0f;
+}
+
+#if defined(__AVX512F__)
+// 2^n by AVX-512's scalef, with the lanes below -87.3 zeroed by the same
+// instruction: about 14 instructions per vector, against about 21 below.
+inline Vec Exp(Vec x) {
+  const __m512 v = x;
+  const __mmask16 kept = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-87.3f),
+                                            _CMP_GE_OQ);
+  const __m512 n = _mm512_roundscale_ps(
+      _mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_maskz_scalef_ps(kept, ExpOfReduced(x, n), n);
+}
+#else
+// 2^n by building the exponent bits, with x clamped to where they exist.
 inline Vec Exp(Vec x) {
   const VecInt underflow = x < -87.3f;
   x = underflow ? Vec{} - 87.3f : x;
@@ -69,19 +99,11 @@ inline Vec Exp(Vec x) {
   const Vec n = shifted - magic;
   const VecInt n_int = reinterpret_cast<const VecInt&>(shifted) -
                        VecInt{} - 0x4B400000;
-  Vec r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  Vec p = Vec{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
   const VecInt bits = (n_int + 127) << 23;
-  const Vec result = p * reinterpret_cast<const Vec&>(bits);
+  const Vec result = ExpOfReduced(x, n) * reinterpret_cast<const Vec&>(bits);
   return underflow ? Vec{} : result;
 }
+#endif
 
 struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
