@@ -124,11 +124,11 @@ struct Head {
 // One head's x (n rows, stride apart, d columns) -> xt (d, padded), zero
 // beyond n.
 void Transpose(const Head& h, const float* x, float* xt) {
-  for (int64_t c = 0; c < h.d; ++c) {
-    float* row = xt + c * h.padded;
-    for (int64_t j = 0; j < h.n; ++j) row[j] = x[j * h.stride + c];
-    for (int64_t j = h.n; j < h.padded; ++j) row[j] = 0.0f;
-  }
+  for (int64_t j = 0; j < h.n; ++j)
+    for (int64_t c = 0; c < h.d; ++c)
+      xt[c * h.padded + j] = x[j * h.stride + c];
+  for (int64_t c = 0; c < h.d; ++c)
+    for (int64_t j = h.n; j < h.padded; ++j) xt[c * h.padded + j] = 0.0f;
 }
 
 // xt (d, padded) -> one head's x (n rows, stride apart, d columns).
@@ -167,15 +167,20 @@ void RowsTimesTransposed(const Head& h, const float* p, const float* bt,
 }
 
 // acc[c][j] += sum_r coef[r][c] * p[r][j]: coef R rows, acc (d, padded).
+// The coefficients are broadcast into registers once per c: read in the
+// loop, they would be read again after every store into acc (which the
+// compiler cannot tell apart from coef).
 template <int R>
 void AccumulateOuter(const Head& h, const float* coef, const float* p,
                      float* acc) {
   for (int64_t c = 0; c < h.d; ++c) {
+    Vec weight[R];
+    for (int r = 0; r < R; ++r) weight[r] = Vec{} + coef[r * h.stride + c];
     float* row = acc + c * h.padded;
     for (int64_t j = 0; j < h.padded; j += kLanes) {
       Vec total = Load(row + j);
       for (int r = 0; r < R; ++r)
-        total += coef[r * h.stride + c] * Load(p + r * h.padded + j);
+        total += weight[r] * Load(p + r * h.padded + j);
       Store(row + j, total);
     }
   }
