@@ -197,9 +197,11 @@ void MaskPadding(const Head& h, float* s) {
 // exp(s[r][j] - offset[r]) in place.
 template <int R>
 void ExpRows(const Head& h, float* s, const float* offset) {
-  for (int r = 0; r < R; ++r)
+  for (int r = 0; r < R; ++r) {
+    const float row_offset = offset[r];  // Not reloaded after each store.
     for (int64_t j = 0; j < h.padded; j += kLanes)
-      Store(s + r * h.padded + j, Exp(Load(s + r * h.padded + j) - offset[r]));
+      Store(s + r * h.padded + j, Exp(Load(s + r * h.padded + j) - row_offset));
+  }
 }
 
 // Scratch of one thread: transposed keys and values (and their gradients),
