@@ -178,10 +178,10 @@ void AccumulateOuter(const Head& h, const float* coef, const float* p,
     for (int r = 0; r < R; ++r) weight[r] = Vec{} + coef[r * h.stride + c];
     float* row = acc + c * h.padded;
     for (int64_t j = 0; j < h.padded; j += kLanes) {
-      Vec total = Load(row + j);
+      Vec even = Load(row + j), odd = {};  // Two chains of multiply-adds.
       for (int r = 0; r < R; ++r)
-        total += weight[r] * Load(p + r * h.padded + j);
-      Store(row + j, total);
+        (r % 2 ? odd : even) += weight[r] * Load(p + r * h.padded + j);
+      Store(row + j, even + odd);
     }
   }
 }
