@@ -36,6 +36,7 @@ def _value_and_grads(fn, q, k, v):
     ((4, 1, 1, 4), 1.0),  # One token, one head.
     ((2, 3, 50, 2, 16), 4.0),  # Two batch axes; scores in the tens.
     ((2, 40, 2, 16), 8.0),  # Scores a hundred apart: exp underflows to 0.
+    ((64, 20, 3, 5), 1.0),  # Many items: a task takes all heads of one.
 ])
 def test_equals_xla_attention_and_its_gradients(shape, scale):
   q, k, v = (scale * jax.random.normal(key, shape)

@@ -1,13 +1,14 @@
 // Softmax attention of many small heads, fused for CPUs: an XLA FFI kernel.
 //
-// One head at a time, per thread of XLA's intra-op pool: its keys and values
-// are transposed to (head_dim, N) once, then each group of kRows query rows
-// computes its scores against all N keys (kRows x N floats, in L1), their
-// softmax and the output, without ever holding an N x N matrix. The backward
-// pass recomputes the probabilities from the saved log-sum-exp of each row
-// (as FlashAttention, Dao et al. 2022) and accumulates dK and dV in the
-// transposed layout. Inner loops run over the key axis, kLanes keys at a
-// time, so they stay vectorised whatever head_dim is (8 in the term
+// Each thread of XLA's intra-op pool takes one head at a time, or all heads
+// of one batch item where there are items enough (Layout): their keys and
+// values are transposed to (head_dim, N) once, then each group of kRows
+// query rows computes its scores against all N keys (kRows x N floats, in
+// L1), their softmax and the output, without ever holding an N x N matrix.
+// The backward pass recomputes the probabilities from the saved log-sum-exp
+// of each row (as FlashAttention, Dao et al. 2022) and accumulates dK and dV
+// in the transposed layout. Inner loops run over the key axis, kLanes keys
+// at a time, so they stay vectorised whatever head_dim is (8 in the term
 // project's ViViT, where XLA's matmuls contract over 8 and run at 5-15% of
 // the machine's peak).
 //
@@ -24,11 +25,8 @@
 #include <limits>
 #include <memory>
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
-
 #include "cpu_parallel.h"
+#include "cpu_vector_math.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -37,73 +35,6 @@ namespace vivit_jax {
 namespace {
 
 constexpr int kRows = 8;
-typedef int32_t VecInt __attribute__((vector_size(kLanes * sizeof(int32_t))));
-
-typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
-typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
-
-// Sum of the lanes, halving: (x[i] + x[i + 8]), then + 4, + 2, + 1.
-inline float Sum(Vec x) {
-  const Vec8 x8 = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
-                  __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-  const Vec4 x4 = __builtin_shufflevector(x8, x8, 0, 1, 2, 3) +
-                  __builtin_shufflevector(x8, x8, 4, 5, 6, 7);
-  return (x4[0] + x4[2]) + (x4[1] + x4[3]);
-}
-
-inline float Max(Vec x) {
-  const Vec8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
-  const Vec8 b = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
-  const Vec8 x8 = a > b ? a : b;
-  const Vec4 c = __builtin_shufflevector(x8, x8, 0, 1, 2, 3);
-  const Vec4 d = __builtin_shufflevector(x8, x8, 4, 5, 6, 7);
-  const Vec4 x4 = c > d ? c : d;
-  return std::max(std::max(x4[0], x4[2]), std::max(x4[1], x4[3]));
-}
-
-// exp(x) to about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes'
-// polynomial, times 2^n. 0 below -87.3 (and for -inf), as float32
-// underflows there.
-inline Vec ExpOfReduced(Vec x, Vec n) {
-  Vec r = x - n * 0.693359375f;
-  r = r + n * 2.12194440e-4f;
-  Vec p = Vec{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  return p * (r * r) + r + 1.0f;
-}
-
-#if defined(__AVX512F__)
-// 2^n by AVX-512's scalef, with the lanes below -87.3 zeroed by the same
-// instruction: about 14 instructions per vector, against about 21 below.
-inline Vec Exp(Vec x) {
-  const __m512 v = x;
-  const __mmask16 kept = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-87.3f),
-                                            _CMP_GE_OQ);
-  const __m512 n = _mm512_roundscale_ps(
-      _mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
-      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm512_maskz_scalef_ps(kept, ExpOfReduced(x, n), n);
-}
-#else
-// 2^n by building the exponent bits, with x clamped to where they exist.
-inline Vec Exp(Vec x) {
-  const VecInt underflow = x < -87.3f;
-  x = underflow ? Vec{} - 87.3f : x;
-  x = x > 88.3f ? Vec{} + 88.3f : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to int.
-  const Vec shifted = x * 1.44269504088896341f + magic;
-  const Vec n = shifted - magic;
-  const VecInt n_int = reinterpret_cast<const VecInt&>(shifted) -
-                       VecInt{} - 0x4B400000;
-  const VecInt bits = (n_int + 127) << 23;
-  const Vec result = ExpOfReduced(x, n) * reinterpret_cast<const Vec&>(bits);
-  return underflow ? Vec{} : result;
-}
-#endif
 
 struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
@@ -121,20 +52,21 @@ struct Head {
   int64_t n, d, padded, stride, lse_stride;
 };
 
-// One head's x (n rows, stride apart, d columns) -> xt (d, padded), zero
-// beyond n.
-void Transpose(const Head& h, const float* x, float* xt) {
+// x (n rows, stride apart, columns of `heads` adjacent heads) -> xt
+// (heads, d, padded), zero beyond n; each row read once, in order.
+void Transpose(const Head& h, int64_t heads, const float* x, float* xt) {
+  const int64_t columns = heads * h.d;
   for (int64_t j = 0; j < h.n; ++j)
-    for (int64_t c = 0; c < h.d; ++c)
+    for (int64_t c = 0; c < columns; ++c)
       xt[c * h.padded + j] = x[j * h.stride + c];
-  for (int64_t c = 0; c < h.d; ++c)
+  for (int64_t c = 0; c < columns; ++c)
     for (int64_t j = h.n; j < h.padded; ++j) xt[c * h.padded + j] = 0.0f;
 }
 
-// xt (d, padded) -> one head's x (n rows, stride apart, d columns).
-void TransposeBack(const Head& h, const float* xt, float* x) {
+// xt (heads, d, padded) -> x (n rows, stride apart), as Transpose reads it.
+void TransposeBack(const Head& h, int64_t heads, const float* xt, float* x) {
   for (int64_t j = 0; j < h.n; ++j)
-    for (int64_t c = 0; c < h.d; ++c)
+    for (int64_t c = 0; c < heads * h.d; ++c)
       x[j * h.stride + c] = xt[c * h.padded + j];
 }
 
@@ -204,66 +136,79 @@ void ExpRows(const Head& h, float* s, const float* offset) {
   }
 }
 
-// Scratch of one thread: transposed keys and values (and their gradients),
-// and kRows rows of scores and of score gradients.
+// One head's transposed keys and values (and their gradients), and kRows
+// rows of scores and of score gradients.
+struct HeadScratch {
+  const float *kt, *vt;
+  float *dkt, *dvt, *s, *ds;
+};
+
+// Scratch of one thread: HeadScratch for a task's `heads` heads.
 struct Scratch {
-  explicit Scratch(const Head& h)
-      : kt(Allocate(h.d * h.padded)), vt(Allocate(h.d * h.padded)),
-        dkt(Allocate(h.d * h.padded)), dvt(Allocate(h.d * h.padded)),
-        s(Allocate(kRows * h.padded)), ds(Allocate(kRows * h.padded)) {}
+  Scratch(const Head& h, int64_t heads)
+      : size(h.d * h.padded), kt(Allocate(heads * size)),
+        vt(Allocate(heads * size)), dkt(Allocate(heads * size)),
+        dvt(Allocate(heads * size)), s(Allocate(kRows * h.padded)),
+        ds(Allocate(kRows * h.padded)) {}
+  HeadScratch ForHead(int64_t i) const {
+    return {kt.get() + i * size, vt.get() + i * size, dkt.get() + i * size,
+            dvt.get() + i * size, s.get(), ds.get()};
+  }
+  int64_t size;  // Floats of one head's transposed array.
   Floats kt, vt, dkt, dvt, s, ds;
 };
 
 // Rows [row, row + R) of one head's output and log-sum-exp.
 template <int R>
-void ForwardRows(const Head& h, const float* q, Scratch& w, float* out,
+void ForwardRows(const Head& h, const float* q, const HeadScratch& w,
+                 float* out,
                  float* lse) {
-  RowsTimes<R>(h, q, w.kt.get(), w.s.get());
-  MaskPadding<R>(h, w.s.get());
+  RowsTimes<R>(h, q, w.kt, w.s);
+  MaskPadding<R>(h, w.s);
   float row_max[R], inverse_total[R];
   for (int r = 0; r < R; ++r) {
-    const float* row = w.s.get() + r * h.padded;
+    const float* row = w.s + r * h.padded;
     Vec largest = Load(row);
     for (int64_t j = kLanes; j < h.padded; j += kLanes)
       largest = largest > Load(row + j) ? largest : Load(row + j);
     row_max[r] = Max(largest);
   }
-  ExpRows<R>(h, w.s.get(), row_max);
+  ExpRows<R>(h, w.s, row_max);
   for (int r = 0; r < R; ++r) {
-    const float* row = w.s.get() + r * h.padded;
+    const float* row = w.s + r * h.padded;
     Vec total = {};
     for (int64_t j = 0; j < h.padded; j += kLanes) total += Load(row + j);
     const float sum = Sum(total);
     inverse_total[r] = 1.0f / sum;
     lse[r * h.lse_stride] = row_max[r] + std::log(sum);
   }
-  RowsTimesTransposed<R>(h, w.s.get(), w.vt.get(), inverse_total, out);
+  RowsTimesTransposed<R>(h, w.s, w.vt, inverse_total, out);
 }
 
 // dq of rows [row, row + R); their terms of dk and dv added to w.dkt, w.dvt.
 template <int R>
 void BackwardRows(const Head& h, const float* q, const float* out,
-                  const float* lse, const float* d_out, Scratch& w,
-                  float* dq) {
+                  const float* lse, const float* d_out,
+                  const HeadScratch& w, float* dq) {
   float row_lse[R], ones[R];
   for (int r = 0; r < R; ++r) row_lse[r] = lse[r * h.lse_stride];
   std::fill(ones, ones + R, 1.0f);
-  RowsTimes<R>(h, q, w.kt.get(), w.s.get());
-  MaskPadding<R>(h, w.s.get());
-  ExpRows<R>(h, w.s.get(), row_lse);  // the probabilities P
-  RowsTimes<R>(h, d_out, w.vt.get(), w.ds.get());  // dP
+  RowsTimes<R>(h, q, w.kt, w.s);
+  MaskPadding<R>(h, w.s);
+  ExpRows<R>(h, w.s, row_lse);  // the probabilities P
+  RowsTimes<R>(h, d_out, w.vt, w.ds);  // dP
   for (int r = 0; r < R; ++r) {
     float delta = 0.0f;
     for (int64_t c = 0; c < h.d; ++c)
       delta += d_out[r * h.stride + c] * out[r * h.stride + c];
-    const float* p = w.s.get() + r * h.padded;
-    float* dp = w.ds.get() + r * h.padded;
+    const float* p = w.s + r * h.padded;
+    float* dp = w.ds + r * h.padded;
     for (int64_t j = 0; j < h.padded; j += kLanes)
       Store(dp + j, Load(p + j) * (Load(dp + j) - delta));  // dS
   }
-  RowsTimesTransposed<R>(h, w.ds.get(), w.kt.get(), ones, dq);
-  AccumulateOuter<R>(h, q, w.ds.get(), w.dkt.get());
-  AccumulateOuter<R>(h, d_out, w.s.get(), w.dvt.get());
+  RowsTimesTransposed<R>(h, w.ds, w.kt, ones, dq);
+  AccumulateOuter<R>(h, q, w.ds, w.dkt);
+  AccumulateOuter<R>(h, d_out, w.s, w.dvt);
 }
 
 // Calls Rows<R>::Run(first_row, args...) over [0, n) in groups of kRows,
@@ -286,8 +231,8 @@ static_assert(kRows == 8, "OverRowGroups handles remainders below 8");
 
 template <int R>
 struct ForwardGroup {
-  static void Run(int64_t row, const Head& h, const float* q, Scratch& w,
-                  float* out, float* lse) {
+  static void Run(int64_t row, const Head& h, const float* q,
+                  const HeadScratch& w, float* out, float* lse) {
     const int64_t at = row * h.stride;
     ForwardRows<R>(h, q + at, w, out + at, lse + row * h.lse_stride);
   }
@@ -297,30 +242,18 @@ template <int R>
 struct BackwardGroup {
   static void Run(int64_t row, const Head& h, const float* q,
                   const float* out, const float* lse, const float* d_out,
-                  Scratch& w, float* dq) {
+                  const HeadScratch& w, float* dq) {
     const int64_t at = row * h.stride;
     BackwardRows<R>(h, q + at, out + at, lse + row * h.lse_stride,
                     d_out + at, w, dq + at);
   }
 };
 
-// Runs work(scratch, head) for every head, each thread with its own
-// Scratch.
-template <typename Work>
-void ForEachHead(ffi::ThreadPool& pool, int64_t heads, const Head& h,
-                 Work work) {
-  struct Worker {
-    void operator()(int64_t head) { work(scratch, head); }
-    Work work;
-    Scratch scratch;
-  };
-  ForEach(pool, heads, [h, work] { return Worker{work, Scratch(h)}; });
-}
-
-// (..., N, heads, head_dim) arrays: one head's shape, and where each head
-// starts in them (offset) and in lse (lse_offset).
+// (..., N, heads, head_dim) arrays: one head's shape, how many heads a task
+// takes (adjacent heads of one item), and where a task's first head starts
+// in them (offset) and in lse (lse_offset).
 struct Layout {
-  explicit Layout(const ffi::Buffer<ffi::F32>& q) {
+  Layout(const ffi::Buffer<ffi::F32>& q, int64_t threads) {
     const auto dims = q.dimensions();
     const int64_t rank = dims.size(), n = dims[rank - 3];
     per_item = dims[rank - 2];
@@ -328,33 +261,59 @@ struct Layout {
     head = Head{n, d, (n + kLanes - 1) / kLanes * kLanes, per_item * d,
                 per_item};
     const int64_t item = n * per_item * d;
-    heads = item ? q.element_count() / item * per_item : 0;
+    const int64_t items = item ? q.element_count() / item : 0;
+    // All of an item's heads per task, so that their rows are read once, in
+    // order, where that leaves 4 tasks per thread and the task's transposed
+    // arrays (4 of them) fit in 1 MB; else one head per task.
+    const int64_t bytes = 4 * per_item * d * head.padded * sizeof(float);
+    heads_per_task = items >= 4 * threads && bytes <= (1 << 20) ? per_item : 1;
+    tasks = items * per_item / heads_per_task;
   }
-  int64_t offset(int64_t i) const {
+  int64_t offset(int64_t task) const {
+    const int64_t i = task * heads_per_task;
     return (i / per_item) * head.n * head.stride + (i % per_item) * head.d;
   }
-  int64_t lse_offset(int64_t i) const {
+  int64_t lse_offset(int64_t task) const {
+    const int64_t i = task * heads_per_task;
     return (i / per_item) * head.n * per_item + i % per_item;
   }
   Head head;
-  int64_t heads, per_item;
+  int64_t per_item, heads_per_task, tasks;
 };
+
+// Runs work(scratch, task) for every task, each thread with its own Scratch.
+template <typename Work>
+void ForEachTask(ffi::ThreadPool& pool, const Layout& layout, Work work) {
+  struct Worker {
+    void operator()(int64_t task) { work(scratch, task); }
+    Work work;
+    Scratch scratch;
+  };
+  const Head h = layout.head;
+  const int64_t heads = layout.heads_per_task;
+  ForEach(pool, layout.tasks,
+          [h, heads, work] { return Worker{work, Scratch(h, heads)}; });
+}
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                    ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                    ffi::ResultBuffer<ffi::F32> out,
                    ffi::ResultBuffer<ffi::F32> lse) {
-  const Layout layout(q);
+  const Layout layout(q, pool.num_threads());
   const Head h = layout.head;
   const float *q_data = q.typed_data(), *k_data = k.typed_data(),
               *v_data = v.typed_data();
   float *out_data = out->typed_data(), *lse_data = lse->typed_data();
-  ForEachHead(pool, layout.heads, h, [=](Scratch& w, int64_t i) {
-    const int64_t at = layout.offset(i);
-    Transpose(h, k_data + at, w.kt.get());
-    Transpose(h, v_data + at, w.vt.get());
-    OverRowGroups<ForwardGroup>(h.n, h, q_data + at, w, out_data + at,
-                                lse_data + layout.lse_offset(i));
+  ForEachTask(pool, layout, [=](Scratch& w, int64_t task) {
+    const int64_t at = layout.offset(task), heads = layout.heads_per_task;
+    Transpose(h, heads, k_data + at, w.kt.get());
+    Transpose(h, heads, v_data + at, w.vt.get());
+    for (int64_t i = 0; i < heads; ++i) {
+      const int64_t head_at = at + i * h.d;
+      OverRowGroups<ForwardGroup>(h.n, h, q_data + head_at, w.ForHead(i),
+                                  out_data + head_at,
+                                  lse_data + layout.lse_offset(task) + i);
+    }
   });
   return ffi::Error::Success();
 }
@@ -366,24 +325,28 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                     ffi::ResultBuffer<ffi::F32> dq,
                     ffi::ResultBuffer<ffi::F32> dk,
                     ffi::ResultBuffer<ffi::F32> dv) {
-  const Layout layout(q);
+  const Layout layout(q, pool.num_threads());
   const Head h = layout.head;
   const float *q_data = q.typed_data(), *k_data = k.typed_data(),
               *v_data = v.typed_data(), *out_data = out.typed_data(),
               *lse_data = lse.typed_data(), *d_out_data = d_out.typed_data();
   float *dq_data = dq->typed_data(), *dk_data = dk->typed_data(),
         *dv_data = dv->typed_data();
-  ForEachHead(pool, layout.heads, h, [=](Scratch& w, int64_t i) {
-    const int64_t at = layout.offset(i);
-    Transpose(h, k_data + at, w.kt.get());
-    Transpose(h, v_data + at, w.vt.get());
-    std::fill(w.dkt.get(), w.dkt.get() + h.d * h.padded, 0.0f);
-    std::fill(w.dvt.get(), w.dvt.get() + h.d * h.padded, 0.0f);
-    OverRowGroups<BackwardGroup>(h.n, h, q_data + at, out_data + at,
-                                 lse_data + layout.lse_offset(i),
-                                 d_out_data + at, w, dq_data + at);
-    TransposeBack(h, w.dkt.get(), dk_data + at);
-    TransposeBack(h, w.dvt.get(), dv_data + at);
+  ForEachTask(pool, layout, [=](Scratch& w, int64_t task) {
+    const int64_t at = layout.offset(task), heads = layout.heads_per_task;
+    Transpose(h, heads, k_data + at, w.kt.get());
+    Transpose(h, heads, v_data + at, w.vt.get());
+    std::fill(w.dkt.get(), w.dkt.get() + heads * w.size, 0.0f);
+    std::fill(w.dvt.get(), w.dvt.get() + heads * w.size, 0.0f);
+    for (int64_t i = 0; i < heads; ++i) {
+      const int64_t head_at = at + i * h.d;
+      OverRowGroups<BackwardGroup>(
+          h.n, h, q_data + head_at, out_data + head_at,
+          lse_data + layout.lse_offset(task) + i, d_out_data + head_at,
+          w.ForHead(i), dq_data + head_at);
+    }
+    TransposeBack(h, heads, w.dkt.get(), dk_data + at);
+    TransposeBack(h, heads, w.dvt.get(), dv_data + at);
   });
   return ffi::Error::Success();
 }

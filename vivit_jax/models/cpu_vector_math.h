@@ -1,0 +1,87 @@
+// Reductions and the exponential of float vectors, for the fused CPU kernels.
+
+#ifndef VIVIT_JAX_MODELS_CPU_VECTOR_MATH_H_
+#define VIVIT_JAX_MODELS_CPU_VECTOR_MATH_H_
+
+#include <algorithm>
+#include <cstdint>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "cpu_parallel.h"
+
+namespace vivit_jax {
+
+typedef int32_t VecInt __attribute__((vector_size(kLanes * sizeof(int32_t))));
+
+typedef float Vec8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float Vec4 __attribute__((vector_size(4 * sizeof(float))));
+
+// Sum of the lanes, halving: (x[i] + x[i + 8]), then + 4, + 2, + 1.
+inline float Sum(Vec x) {
+  const Vec8 x8 = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7) +
+                  __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Vec4 x4 = __builtin_shufflevector(x8, x8, 0, 1, 2, 3) +
+                  __builtin_shufflevector(x8, x8, 4, 5, 6, 7);
+  return (x4[0] + x4[2]) + (x4[1] + x4[3]);
+}
+
+inline float Max(Vec x) {
+  const Vec8 a = __builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7);
+  const Vec8 b = __builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15);
+  const Vec8 x8 = a > b ? a : b;
+  const Vec4 c = __builtin_shufflevector(x8, x8, 0, 1, 2, 3);
+  const Vec4 d = __builtin_shufflevector(x8, x8, 4, 5, 6, 7);
+  const Vec4 x4 = c > d ? c : d;
+  return std::max(std::max(x4[0], x4[2]), std::max(x4[1], x4[3]));
+}
+
+// exp(x) to about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes'
+// polynomial, times 2^n. 0 below -87.3 (and for -inf), as float32
+// underflows there.
+inline Vec ExpOfReduced(Vec x, Vec n) {
+  Vec r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  Vec p = Vec{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * (r * r) + r + 1.0f;
+}
+
+#if defined(__AVX512F__)
+// 2^n by AVX-512's scalef, with the lanes below -87.3 zeroed by the same
+// instruction: about 14 instructions per vector, against about 21 below.
+inline Vec Exp(Vec x) {
+  const __m512 v = x;
+  const __mmask16 kept = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-87.3f),
+                                            _CMP_GE_OQ);
+  const __m512 n = _mm512_roundscale_ps(
+      _mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_maskz_scalef_ps(kept, ExpOfReduced(x, n), n);
+}
+#else
+// 2^n by building the exponent bits, with x clamped to where they exist.
+inline Vec Exp(Vec x) {
+  const VecInt underflow = x < -87.3f;
+  x = underflow ? Vec{} - 87.3f : x;
+  x = x > 88.3f ? Vec{} + 88.3f : x;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to int.
+  const Vec shifted = x * 1.44269504088896341f + magic;
+  const Vec n = shifted - magic;
+  const VecInt n_int = reinterpret_cast<const VecInt&>(shifted) -
+                       VecInt{} - 0x4B400000;
+  const VecInt bits = (n_int + 127) << 23;
+  const Vec result = ExpOfReduced(x, n) * reinterpret_cast<const Vec&>(bits);
+  return underflow ? Vec{} : result;
+}
+#endif
+
+}  // namespace vivit_jax
+
+#endif  // VIVIT_JAX_MODELS_CPU_VECTOR_MATH_H_
