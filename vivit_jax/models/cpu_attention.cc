@@ -161,8 +161,7 @@ struct Scratch {
 // Rows [row, row + R) of one head's output and log-sum-exp.
 template <int R>
 void ForwardRows(const Head& h, const float* q, const HeadScratch& w,
-                 float* out,
-                 float* lse) {
+                 float* out, float* lse) {
   RowsTimes<R>(h, q, w.kt, w.s);
   MaskPadding<R>(h, w.s);
   float row_max[R], inverse_total[R];
