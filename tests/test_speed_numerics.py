@@ -96,8 +96,8 @@ def _vivit():
 
 
 def test_vivit_model1_equals_reference_path(monkeypatch):
-  """Model 1 with the speed paths against Flax's attention module and XLA's
-  attention and convolution, forward and gradients."""
+  """Model 1 with the speed paths against Flax's attention module and
+  LayerNorm and XLA's attention and convolution, forward and gradients."""
   model = _vivit()
   clip = jax.random.normal(jax.random.key(0), (2, 8, 12, 12, 1))
   params = jax.jit(lambda x: model.init(jax.random.key(1), x,
@@ -120,7 +120,7 @@ def test_vivit_model1_equals_reference_path(monkeypatch):
   fast = run()
   monkeypatch.setattr(encoder, '_self_attention', _flax_attention)
   monkeypatch.setattr(embedding, 'FAST_PATCHES', False, raising=False)
-  with attention.xla_attention():
+  with attention.xla_attention(), cpu_kernels.xla_ops():
     reference = run()
   _close(fast, reference)
 

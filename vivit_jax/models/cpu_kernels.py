@@ -2,8 +2,9 @@
 
 XLA:CPU runs some of our models' ops far below the machine's peak:
 attention with small heads (`cpu_attention.cc`), convolutions with few
-channels (`cpu_conv.cc`) and the passes of BatchNorm, ReLU and max pooling
-over a convolution's output (`cpu_batch_norm_pool.cc`);
+channels (`cpu_conv.cc`), the passes of BatchNorm, ReLU and max pooling
+over a convolution's output (`cpu_batch_norm_pool.cc`) and of LayerNorm
+(`cpu_layer_norm.cc`);
 benchmarks/PROFILE.md has the measurements. These C++ sources compute the
 same functions as XLA FFI custom calls.
 
@@ -41,12 +42,16 @@ CONV_FORWARD = 'vivit_conv_forward'
 CONV_WEIGHT_GRAD = 'vivit_conv_weight_grad'
 BATCH_NORM_POOL_FORWARD = 'vivit_batch_norm_pool_forward'
 BATCH_NORM_POOL_BACKWARD = 'vivit_batch_norm_pool_backward'
+LAYER_NORM_FORWARD = 'vivit_layer_norm_forward'
+LAYER_NORM_BACKWARD = 'vivit_layer_norm_backward'
 _TARGETS = {ATTENTION_FORWARD: 'VivitAttentionForward',
             ATTENTION_BACKWARD: 'VivitAttentionBackward',
             CONV_FORWARD: 'VivitConvForward',
             CONV_WEIGHT_GRAD: 'VivitConvWeightGrad',
             BATCH_NORM_POOL_FORWARD: 'VivitBatchNormPoolForward',
-            BATCH_NORM_POOL_BACKWARD: 'VivitBatchNormPoolBackward'}
+            BATCH_NORM_POOL_BACKWARD: 'VivitBatchNormPoolBackward',
+            LAYER_NORM_FORWARD: 'VivitLayerNormForward',
+            LAYER_NORM_BACKWARD: 'VivitLayerNormBackward'}
 
 
 def _cpu_flags() -> str:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vivit_jax.models import attention
+from vivit_jax.models import cpu_layer_norm
 from vivit_jax.models import embedding
 from vivit_jax.models import self_attention
 
@@ -101,14 +102,14 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, z: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
     """(batch, N, d) -> (batch, N, d)."""
-    x = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(z)
+    x = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(z)
     x = _self_attention(self.num_heads, self.dtype,
                         self.attention_dropout_rate, self.attention_fn,
                         'MultiHeadDotProductAttention_1')(
                             x, deterministic=deterministic)
     x = nn.Dropout(self.dropout_rate)(x, deterministic)
     y = StochasticDepth(self.droplayer_p)(x, deterministic) + z
-    x = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(y)
+    x = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(y)
     x = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype,
                  name='MlpBlock_3')(x, deterministic)
     return StochasticDepth(self.droplayer_p)(x, deterministic) + y
@@ -159,7 +160,8 @@ class FactorizedSelfAttentionBlock(nn.Module):
       """Eq. 4 (axis 'space') or Eq. 5 (axis 'time'), on (batch, N, d)."""
       to_axis, from_axis = {'space': (to_space, from_space),
                             'time': (to_time, from_time)}[axis]
-      y = nn.LayerNorm(dtype=self.dtype, name=f'LayerNorm_{axis}')(to_axis(x))
+      y = cpu_layer_norm.LayerNorm(dtype=self.dtype,
+                                   name=f'LayerNorm_{axis}')(to_axis(x))
       y = _self_attention(self.num_heads, self.dtype,
                           self.attention_dropout_rate,
                           attention.dot_product_attention,
@@ -171,7 +173,7 @@ class FactorizedSelfAttentionBlock(nn.Module):
     y = z
     for axis in self.attention_order.split('_'):
       y = residual_attention(y, axis)
-    x = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_mlp')(y)
+    x = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_mlp')(y)
     x = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype,
                  name='MlpBlock')(x, deterministic)
     return StochasticDepth(self.droplayer_p)(x, deterministic) + y
@@ -240,4 +242,4 @@ class Encoder(nn.Module):
                                      self.stochastic_droplayer_rate),
           gelu_approximate=self.gelu_approximate, dtype=self.dtype,
           name=f'encoderblock_{layer}')(x, not train)
-    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+    return cpu_layer_norm.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from vivit_jax.models.cnn3d import batch_norm_blocks
 from vivit_jax.models.cnn3d import Conv3
 from vivit_jax.models.cnn3d import max_pool
+from vivit_jax.models import cpu_layer_norm
 
 NORMS = ('layer', 'batch')
 
@@ -57,6 +58,6 @@ class ConvStem(nn.Module):
     x = clip
     for i, features in enumerate(self.features):
       x = Conv3(features, self.dtype, name=f'Conv_{i}')(x)
-      x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
+      x = cpu_layer_norm.LayerNorm(epsilon=1e-6, dtype=self.dtype)(x)
       x = max_pool(nn.gelu(x, approximate=False), 2)
     return x

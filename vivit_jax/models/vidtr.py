@@ -28,6 +28,7 @@ import ml_collections
 import numpy as np
 
 from vivit_jax.models import attention
+from vivit_jax.models import cpu_layer_norm
 from vivit_jax.models import embedding
 from vivit_jax.models import encoder
 from vivit_jax.models.vit import classify
@@ -147,14 +148,16 @@ class SeparableBlock(nn.Module):
     y, weights = TemporalAttention(
         self.num_heads, self.attention_dropout_rate, self.dtype,
         name='MultiHeadDotProductAttention_time')(
-            nn.LayerNorm(dtype=self.dtype, name='LayerNorm_time')(z),
+            cpu_layer_norm.LayerNorm(dtype=self.dtype,
+                                     name='LayerNorm_time')(z),
             deterministic)
     z = z + nn.Dropout(self.dropout_rate)(y, deterministic)
     if self.frames_out:
       z = self.pool(z, weights)
     t = z.shape[1]
     z = z.reshape(b, s, t, d).transpose(0, 2, 1, 3).reshape(b * t, s, d)
-    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_space')(z)  # Eq. 6.
+    y = cpu_layer_norm.LayerNorm(dtype=self.dtype,
+                                 name='LayerNorm_space')(z)  # Eq. 6.
     y = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, dtype=self.dtype, broadcast_dropout=False,
         dropout_rate=self.attention_dropout_rate,
@@ -163,7 +166,7 @@ class SeparableBlock(nn.Module):
         name='MultiHeadDotProductAttention_space')(
             y, deterministic=deterministic)
     z = z + nn.Dropout(self.dropout_rate)(y, deterministic)
-    y = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_mlp')(z)
+    y = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_mlp')(z)
     y = encoder.MlpBlock(self.mlp_dim, self.dropout_rate,
                          self.gelu_approximate, self.dtype,
                          name='MlpBlock')(y, deterministic)
@@ -249,7 +252,7 @@ class _SeparableEncoder(nn.Module):
           attention_dropout_rate=self.attention_dropout_rate,
           gelu_approximate=self.gelu_approximate, dtype=self.dtype,
           name=f'encoderblock_{layer}')(x, not train)
-    return nn.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
+    return cpu_layer_norm.LayerNorm(dtype=self.dtype, name='encoder_norm')(x)
 
 
 def create(config: ml_collections.ConfigDict) -> VidTr:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vivit_jax.models import cpu_layer_norm
 from vivit_jax.models import longformer
 from vivit_jax.models import vit
 from vivit_jax.models.vit import prepend_class_token
@@ -36,7 +37,7 @@ class MlpHead(nn.Module):
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     """(batch, d) -> (batch, num_classes), float32."""
     init = nn.initializers.normal(0.02)
-    x = nn.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
+    x = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
     x = nn.Dense(self.mlp_dim, kernel_init=init, dtype=self.dtype,
                  name='Dense_0')(x)
     x = nn.gelu(x, approximate=self.gelu_approximate)

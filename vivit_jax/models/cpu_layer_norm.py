@@ -1,0 +1,91 @@
+"""LayerNorm through the fused CPU kernel (`cpu_layer_norm.cc`).
+
+XLA:CPU runs a LayerNorm's forward and backward as several fusions, each
+a pass over the rows; the kernel reads each row once forward and once
+backward (benchmarks/PROFILE.md has the times). `LayerNorm` is Flax's
+`nn.LayerNorm` (its fields, parameters and defaults) and takes the kernel
+where models use the kernels (`cpu_kernels.used()`) and the kernel computes
+what Flax would: float32 input and parameters, one normalised axis, the
+last, with scale and bias. Otherwise it is Flax's. The kernel computes the
+variance from the centred values, where Flax (`use_fast_variance`) takes
+mean(x^2) - mean(x)^2: the two agree to float32 rounding unless the mean
+dwarfs the spread, where the kernel's is the accurate one.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vivit_jax.models import cpu_kernels
+
+_BLOCKS = 32  # Blocks of rows whose parameter gradients the kernel sums.
+
+
+def _like(x, shape):
+  return jax.ShapeDtypeStruct(shape, x.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
+               epsilon: float) -> jnp.ndarray:
+  """(x - mean) / sqrt(var + epsilon) * scale + bias over the last axis.
+
+  Args:
+    x: (..., width), float32.
+    scale, bias: (width,), float32.
+    epsilon: added to the variance.
+
+  Returns:
+    (..., width).
+  """
+  return _forward(x, scale, bias, epsilon)[0]
+
+
+def _forward(x, scale, bias, epsilon):
+  rows = x.shape[:-1]
+  y, mean, rstd = jax.ffi.ffi_call(
+      cpu_kernels.LAYER_NORM_FORWARD,
+      (_like(x, x.shape), _like(x, rows), _like(x, rows)),
+      vmap_method='sequential')(x, scale, bias, epsilon=np.float32(epsilon))
+  return y, (x, scale, mean, rstd)
+
+
+def _backward(epsilon, residuals, dy):
+  del epsilon  # In rstd.
+  x, scale, mean, rstd = residuals
+  blocks = (_BLOCKS, x.shape[-1])
+  dx, dscale, dbias = jax.ffi.ffi_call(
+      cpu_kernels.LAYER_NORM_BACKWARD,
+      (_like(x, x.shape), _like(x, blocks), _like(x, blocks)),
+      vmap_method='sequential')(x, scale, mean, rstd, dy)
+  return dx, dscale.sum(0), dbias.sum(0)
+
+
+layer_norm.defvjp(_forward, _backward)
+
+
+class LayerNorm(nn.LayerNorm):
+  """Flax's `nn.LayerNorm`, through `layer_norm` where the module docstring
+  says: the same parameters (`scale`, `bias`) and outputs to float32
+  rounding."""
+
+  @nn.compact
+  def __call__(self, x, *, mask=None):
+    if not (mask is None and self._kernel_computes_it(x)):
+      return super().__call__(x, mask=mask)
+    features = (x.shape[-1],)
+    scale = self.param('scale', self.scale_init, features, self.param_dtype)
+    bias = self.param('bias', self.bias_init, features, self.param_dtype)
+    return layer_norm(x, scale, bias, self.epsilon)
+
+  def _kernel_computes_it(self, x) -> bool:
+    last = lambda axes: axes in (-1, (-1,), x.ndim - 1, (x.ndim - 1,))
+    return (cpu_kernels.used() and x.dtype == jnp.float32
+            and self.param_dtype == jnp.float32
+            and self.dtype in (None, jnp.float32)
+            and self.use_bias and self.use_scale
+            and last(self.reduction_axes) and last(self.feature_axes)
+            and self.axis_name is None)
