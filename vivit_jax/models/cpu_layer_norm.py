@@ -83,9 +83,10 @@ class LayerNorm(nn.LayerNorm):
 
   def _kernel_computes_it(self, x) -> bool:
     last = lambda axes: axes in (-1, (-1,), x.ndim - 1, (x.ndim - 1,))
-    return (cpu_kernels.used() and x.dtype == jnp.float32
-            and self.param_dtype == jnp.float32
-            and self.dtype in (None, jnp.float32)
+    float32 = lambda dtype: jnp.dtype(dtype) == jnp.float32
+    return (cpu_kernels.used() and float32(x.dtype)
+            and float32(self.param_dtype)
+            and (self.dtype is None or float32(self.dtype))
             and self.use_bias and self.use_scale
             and last(self.reduction_axes) and last(self.feature_axes)
             and self.axis_name is None)
