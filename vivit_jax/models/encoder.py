@@ -68,10 +68,14 @@ class MlpBlock(nn.Module):
         nn.Dense, dtype=self.dtype,
         kernel_init=nn.initializers.xavier_uniform(),
         bias_init=nn.initializers.normal(stddev=1e-6))
-    y = dense(self.mlp_dim, name='Dense_0')(x)
+    # The matmuls see (rows, features): XLA:CPU transposes the activations of
+    # a matmul over several batch axes to take its kernel's gradient.
+    rows = lambda y: y.reshape(-1, y.shape[-1])
+    unrows = lambda y: y.reshape(*x.shape[:-1], y.shape[-1])
+    y = unrows(dense(self.mlp_dim, name='Dense_0')(rows(x)))
     y = nn.gelu(y, approximate=self.gelu_approximate)
     y = nn.Dropout(self.dropout_rate)(y, deterministic)
-    y = dense(x.shape[-1], name='Dense_1')(y)
+    y = unrows(dense(x.shape[-1], name='Dense_1')(rows(y)))
     return nn.Dropout(self.dropout_rate)(y, deterministic)
 
 

@@ -82,9 +82,13 @@ class MultiHeadSelfAttention(nn.Module):
     cast = lambda *arrays: [a.astype(self.dtype) for a in arrays]
     x, wq, bq, wk, bk, wv, bv, wo, bo = cast(x, wq, bq, wk, bk, wv, bv, wo, bo)
 
+    # Matmuls over (rows, d), as in encoder.MlpBlock.
+    tokens = x.shape[:-1]
+    rows = x.reshape(-1, d)
     kernel = jnp.stack([wq, wk, wv], axis=1)  # (d, 3, heads, head_dim)
     bias = jnp.stack([bq, bk, bv])  # (3, heads, head_dim)
-    qkv = jnp.einsum('...nd,dshk->...nshk', x, kernel) + bias
+    qkv = (rows @ kernel.reshape(d, 3 * d)).reshape(*tokens, 3, heads,
+                                                     head_dim) + bias
     q, k, v = (qkv[..., i, :, :] for i in range(3))
     kwargs = dict(dtype=self.dtype)  # Flax passes these; see its module.
     if self.dropout_rate > 0.0:
@@ -93,4 +97,4 @@ class MultiHeadSelfAttention(nn.Module):
                     dropout_rng=(None if deterministic
                                  else self.make_rng('dropout')))
     y = self.attention_fn(q, k, v, **kwargs)
-    return jnp.einsum('...nhk,hkd->...nd', y, wo) + bo
+    return (y.reshape(-1, d) @ wo.reshape(d, d)).reshape(*tokens, d) + bo
