@@ -60,7 +60,7 @@ def test_keeps_flax_parameters_and_takes_flax_path_where_kernel_does_not():
                                   theirs.apply(variables, inputs))
 
 
-def test_under_pmap_and_its_sums_do_not_depend_on_threads():
+def test_under_pmap_and_the_same_gradients_every_run():
   x = jax.random.normal(jax.random.key(0), (jax.local_device_count(), 50, 8))
   module = cpu_layer_norm.LayerNorm()
   variables = module.init(jax.random.key(1), x[0])
