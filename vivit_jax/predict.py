@@ -110,8 +110,7 @@ class Classifier:
     model = models.create_model(spec)
     variables = steps.init_variables(model, spec,
                                      jax.random.key(spec.config.rng_seed))
-    init_from = spec.config.init_from
-    if init_from and init_from.get('checkpoint_path'):
+    if spec.init_checkpoint:
       variables, _ = pretrained.load_pretrained(spec.config, variables)
     return cls(spec, model, [variables])
 

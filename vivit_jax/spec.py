@@ -61,6 +61,8 @@ class Spec:
     steps_per_epoch, total_steps, warmup_steps: the schedule ('train' mode).
     eval_every_steps, checkpoint_every_steps: validation and extra
       checkpoints ('train' mode).
+    init_checkpoint: the checkpoint `config.init_from` names (its path as
+      given), None where the model starts from its initialisation.
     notes: what the check noticed but did not refuse, to be logged.
   """
   config: ml_collections.ConfigDict
@@ -76,6 +78,7 @@ class Spec:
   warmup_steps: Optional[int] = None
   eval_every_steps: Optional[int] = None
   checkpoint_every_steps: Optional[int] = None
+  init_checkpoint: Optional[str] = None
   notes: tuple[str, ...] = ()
 
 
@@ -120,7 +123,8 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'train'
                  f'{dataset.num_classes} classes', 'Give one name per class.')
   fields = dict(config=config, model_name=name, input_shape=input_shape,
                 token_grid=token_grid, num_tokens=_product(token_grid),
-                num_classes=dataset.num_classes, class_names=class_names)
+                num_classes=dataset.num_classes, class_names=class_names,
+                init_checkpoint=_init_checkpoint(config))
   _check_batch_sizes(config)
   if not isinstance(config.ensemble_size, int) or config.ensemble_size < 1:
     config_error('ensemble_size', f'{config.ensemble_size!r} is not a '
@@ -262,14 +266,20 @@ def _check_batch_sizes(config: ml_collections.ConfigDict) -> None:
                    f'Use a positive multiple of {num_devices}.')
 
 
+def _init_checkpoint(config: ml_collections.ConfigDict) -> Optional[str]:
+  init_from = config.get('init_from')
+  return (init_from.get('checkpoint_path') or None) if init_from else None
+
+
 def _check_init_from(config: ml_collections.ConfigDict) -> None:
   """The pretrained checkpoint exists, before any data is read."""
-  init_from = config.get('init_from')
-  if not init_from or not init_from.get('checkpoint_path'):
+  checkpoint = _init_checkpoint(config)
+  if not checkpoint:
     return
   _check_choice('init_from.checkpoint_format',
-                init_from.get('checkpoint_format', 'auto'), CHECKPOINT_FORMATS)
-  path = os.path.expanduser(init_from.checkpoint_path)
+                config.init_from.get('checkpoint_format', 'auto'),
+                CHECKPOINT_FORMATS)
+  path = os.path.expanduser(checkpoint)
   if not os.path.exists(path):
     config_error('init_from.checkpoint_path', f'{path} does not exist',
                  'Give the path of a ViT .npz, a Hugging Face folder, a '

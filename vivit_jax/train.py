@@ -194,8 +194,7 @@ def _load_pretrained(spec: spec_lib.Spec, state: steps.TrainState
   """The host `state` with the parameters (and BatchNorm statistics) of
   `config.init_from`'s checkpoint, if any, and its optimiser state
   initialised for them."""
-  init_from = spec.config.init_from
-  if not init_from or not init_from.get('checkpoint_path'):
+  if not spec.init_checkpoint:
     return state
   variables, report = pretrained.load_pretrained(spec.config,
                                                  state.variables())
