@@ -17,10 +17,6 @@ import jax.numpy as jnp
 from vivit_jax.models import cpu_kernels
 
 
-def _like(x: jnp.ndarray, shape=None) -> jax.ShapeDtypeStruct:
-  return jax.ShapeDtypeStruct(x.shape if shape is None else shape, x.dtype)
-
-
 @jax.custom_vjp
 def _attend(q, k, v):
   return _attend_forward(q, k, v)[0]
@@ -28,7 +24,8 @@ def _attend(q, k, v):
 
 def _attend_forward(q, k, v):
   out, lse = jax.ffi.ffi_call(
-      cpu_kernels.ATTENTION_FORWARD, (_like(q), _like(q, q.shape[:-1])),
+      cpu_kernels.ATTENTION_FORWARD,
+      (cpu_kernels.like(q), cpu_kernels.like(q, q.shape[:-1])),
       vmap_method='broadcast_all')(q, k, v)
   return out, (q, k, v, out, lse)
 
@@ -36,7 +33,7 @@ def _attend_forward(q, k, v):
 def _attend_backward(residuals, d_out):
   q = residuals[0]
   return tuple(jax.ffi.ffi_call(
-      cpu_kernels.ATTENTION_BACKWARD, (_like(q),) * 3,
+      cpu_kernels.ATTENTION_BACKWARD, (cpu_kernels.like(q),) * 3,
       vmap_method='broadcast_all')(*residuals, d_out))
 
 

@@ -139,3 +139,8 @@ def used() -> bool:
   they are `available()`, outside `xla_ops()`."""
   return (jax.default_backend() == 'cpu' and not _XLA_ONLY.value
           and available())
+
+
+def like(x, shape=None) -> jax.ShapeDtypeStruct:
+  """A kernel result's shape: `shape` (else x's) in x's dtype."""
+  return jax.ShapeDtypeStruct(x.shape if shape is None else shape, x.dtype)

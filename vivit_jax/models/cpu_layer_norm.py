@@ -24,10 +24,6 @@ from vivit_jax.models import cpu_kernels
 _BLOCKS = 32  # Blocks of rows whose parameter gradients the kernel sums.
 
 
-def _like(x, shape):
-  return jax.ShapeDtypeStruct(shape, x.dtype)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
                epsilon: float) -> jnp.ndarray:
@@ -48,7 +44,8 @@ def _forward(x, scale, bias, epsilon):
   rows = x.shape[:-1]
   y, mean, rstd = jax.ffi.ffi_call(
       cpu_kernels.LAYER_NORM_FORWARD,
-      (_like(x, x.shape), _like(x, rows), _like(x, rows)),
+      (cpu_kernels.like(x), cpu_kernels.like(x, rows),
+       cpu_kernels.like(x, rows)),
       vmap_method='sequential')(x, scale, bias, epsilon=np.float32(epsilon))
   return y, (x, scale, mean, rstd)
 
@@ -59,7 +56,8 @@ def _backward(epsilon, residuals, dy):
   blocks = (_BLOCKS, x.shape[-1])
   dx, dscale, dbias = jax.ffi.ffi_call(
       cpu_kernels.LAYER_NORM_BACKWARD,
-      (_like(x, x.shape), _like(x, blocks), _like(x, blocks)),
+      (cpu_kernels.like(x), cpu_kernels.like(x, blocks),
+       cpu_kernels.like(x, blocks)),
       vmap_method='sequential')(x, scale, mean, rstd, dy)
   return dx, dscale.sum(0), dbias.sum(0)
 
