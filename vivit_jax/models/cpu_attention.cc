@@ -70,31 +70,57 @@ void TransposeBack(const Head& h, int64_t heads, const float* xt, float* x) {
       x[j * h.stride + c] = xt[c * h.padded + j];
 }
 
-// out[r][j] = sum_c a[r][c] * bt[c][j]: a R rows, bt (d, padded).
-template <int R>
-void RowsTimes(const Head& h, const float* a, const float* bt, float* out) {
+// out[r][j] = finish(r, j, sum_c a[r][c] * bt[c][j]) for j in [0, padded)
+// in kLanes steps: a R rows, bt (d, padded), out (R, padded).
+template <int R, typename Finish>
+void RowsTimes(const Head& h, const float* a, const float* bt, float* out,
+               Finish finish) {
   for (int64_t j = 0; j < h.padded; j += kLanes) {
     Vec acc[R] = {};
     for (int64_t c = 0; c < h.d; ++c) {
       const Vec b = Load(bt + c * h.padded + j);
       for (int r = 0; r < R; ++r) acc[r] += a[r * h.stride + c] * b;
     }
-    for (int r = 0; r < R; ++r) Store(out + r * h.padded + j, acc[r]);
+    for (int r = 0; r < R; ++r)
+      Store(out + r * h.padded + j, finish(r, j, acc[r]));
   }
 }
 
+// Scores s of keys [j, j + kLanes), those of the padding keys beyond n set
+// to -inf, so that their weights are 0.
+inline Vec Masked(const Head& h, int64_t j, Vec s) {
+  if (j + kLanes <= h.n) return s;
+  const VecInt key = LaneIndex() + static_cast<int32_t>(j);
+  return key < static_cast<int32_t>(h.n)
+             ? s
+             : Vec{} - std::numeric_limits<float>::infinity();
+}
+
 // out[r][c] = scale[r] * sum_j p[r][j] * bt[c][j]: p (R, padded), out R rows.
+// Two columns at a time, so that each p vector loaded serves both and
+// LaneSums reduces 2 R vectors at once (an odd last column is computed
+// twice).
 template <int R>
 void RowsTimesTransposed(const Head& h, const float* p, const float* bt,
                          const float* scale, float* out) {
-  for (int64_t c = 0; c < h.d; ++c) {
-    Vec acc[R] = {};
-    const float* b = bt + c * h.padded;
+  for (int64_t c = 0; c < h.d; c += 2) {
+    const int columns = h.d - c > 1 ? 2 : 1;
+    const float* b0 = bt + c * h.padded;
+    const float* b1 = b0 + (columns - 1) * h.padded;
+    Vec acc[2 * R] = {};
     for (int64_t j = 0; j < h.padded; j += kLanes) {
-      const Vec bj = Load(b + j);
-      for (int r = 0; r < R; ++r) acc[r] += Load(p + r * h.padded + j) * bj;
+      const Vec x0 = Load(b0 + j), x1 = Load(b1 + j);
+      for (int r = 0; r < R; ++r) {
+        const Vec pr = Load(p + r * h.padded + j);
+        acc[r] += pr * x0;
+        acc[R + r] += pr * x1;
+      }
     }
-    for (int r = 0; r < R; ++r) out[r * h.stride + c] = scale[r] * Sum(acc[r]);
+    float sums[2 * R];
+    LaneSums<2 * R>(acc, sums);
+    for (int k = 0; k < columns; ++k)
+      for (int r = 0; r < R; ++r)
+        out[r * h.stride + c + k] = scale[r] * sums[k * R + r];
   }
 }
 
@@ -118,21 +144,18 @@ void AccumulateOuter(const Head& h, const float* coef, const float* p,
   }
 }
 
-// Scores of the padding keys beyond n: -inf, so that their weights are 0.
+// exp(s[r][j] - offset[r]) in place; row r's sum in total[r].
 template <int R>
-void MaskPadding(const Head& h, float* s) {
-  for (int r = 0; r < R; ++r)
-    for (int64_t j = h.n; j < h.padded; ++j)
-      s[r * h.padded + j] = -std::numeric_limits<float>::infinity();
-}
-
-// exp(s[r][j] - offset[r]) in place.
-template <int R>
-void ExpRows(const Head& h, float* s, const float* offset) {
+void ExpRows(const Head& h, float* s, const float* offset, float* total) {
   for (int r = 0; r < R; ++r) {
     const float row_offset = offset[r];  // Not reloaded after each store.
-    for (int64_t j = 0; j < h.padded; j += kLanes)
-      Store(s + r * h.padded + j, Exp(Load(s + r * h.padded + j) - row_offset));
+    Vec sum = {};
+    for (int64_t j = 0; j < h.padded; j += kLanes) {
+      const Vec e = Exp(Load(s + r * h.padded + j) - row_offset);
+      Store(s + r * h.padded + j, e);
+      sum += e;
+    }
+    total[r] = Sum(sum);
   }
 }
 
@@ -162,24 +185,20 @@ struct Scratch {
 template <int R>
 void ForwardRows(const Head& h, const float* q, const HeadScratch& w,
                  float* out, float* lse) {
-  RowsTimes<R>(h, q, w.kt, w.s);
-  MaskPadding<R>(h, w.s);
-  float row_max[R], inverse_total[R];
+  Vec top[R];
+  for (int r = 0; r < R; ++r)
+    top[r] = Vec{} - std::numeric_limits<float>::infinity();
+  RowsTimes<R>(h, q, w.kt, w.s, [&](int r, int64_t j, Vec scores) {
+    scores = Masked(h, j, scores);
+    top[r] = top[r] > scores ? top[r] : scores;
+    return scores;
+  });
+  float row_max[R], total[R], inverse_total[R];
+  for (int r = 0; r < R; ++r) row_max[r] = Max(top[r]);
+  ExpRows<R>(h, w.s, row_max, total);
   for (int r = 0; r < R; ++r) {
-    const float* row = w.s + r * h.padded;
-    Vec largest = Load(row);
-    for (int64_t j = kLanes; j < h.padded; j += kLanes)
-      largest = largest > Load(row + j) ? largest : Load(row + j);
-    row_max[r] = Max(largest);
-  }
-  ExpRows<R>(h, w.s, row_max);
-  for (int r = 0; r < R; ++r) {
-    const float* row = w.s + r * h.padded;
-    Vec total = {};
-    for (int64_t j = 0; j < h.padded; j += kLanes) total += Load(row + j);
-    const float sum = Sum(total);
-    inverse_total[r] = 1.0f / sum;
-    lse[r * h.lse_stride] = row_max[r] + std::log(sum);
+    inverse_total[r] = 1.0f / total[r];
+    lse[r * h.lse_stride] = row_max[r] + std::log(total[r]);
   }
   RowsTimesTransposed<R>(h, w.s, w.vt, inverse_total, out);
 }
@@ -189,22 +208,20 @@ template <int R>
 void BackwardRows(const Head& h, const float* q, const float* out,
                   const float* lse, const float* d_out,
                   const HeadScratch& w, float* dq) {
-  float row_lse[R], ones[R];
-  for (int r = 0; r < R; ++r) row_lse[r] = lse[r * h.lse_stride];
-  std::fill(ones, ones + R, 1.0f);
-  RowsTimes<R>(h, q, w.kt, w.s);
-  MaskPadding<R>(h, w.s);
-  ExpRows<R>(h, w.s, row_lse);  // the probabilities P
-  RowsTimes<R>(h, d_out, w.vt, w.ds);  // dP
+  float row_lse[R], delta[R], ones[R];
   for (int r = 0; r < R; ++r) {
-    float delta = 0.0f;
+    row_lse[r] = lse[r * h.lse_stride];
+    delta[r] = 0.0f;
     for (int64_t c = 0; c < h.d; ++c)
-      delta += d_out[r * h.stride + c] * out[r * h.stride + c];
-    const float* p = w.s + r * h.padded;
-    float* dp = w.ds + r * h.padded;
-    for (int64_t j = 0; j < h.padded; j += kLanes)
-      Store(dp + j, Load(p + j) * (Load(dp + j) - delta));  // dS
+      delta[r] += d_out[r * h.stride + c] * out[r * h.stride + c];
   }
+  std::fill(ones, ones + R, 1.0f);
+  RowsTimes<R>(h, q, w.kt, w.s, [&](int r, int64_t j, Vec scores) {
+    return Exp(Masked(h, j, scores) - row_lse[r]);  // the probabilities P
+  });
+  RowsTimes<R>(h, d_out, w.vt, w.ds, [&](int r, int64_t j, Vec dp) {
+    return Load(w.s + r * h.padded + j) * (dp - delta[r]);  // dS
+  });
   RowsTimesTransposed<R>(h, w.ds, w.kt, ones, dq);
   AccumulateOuter<R>(h, q, w.ds, w.dkt);
   AccumulateOuter<R>(h, d_out, w.s, w.dvt);
