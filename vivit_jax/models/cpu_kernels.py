@@ -3,8 +3,8 @@
 XLA:CPU runs some of our models' ops far below the machine's peak:
 attention with small heads (`cpu_attention.cc`), convolutions with few
 channels (`cpu_conv.cc`), the passes of BatchNorm, ReLU and max pooling
-over a convolution's output (`cpu_batch_norm_pool.cc`) and of LayerNorm
-(`cpu_layer_norm.cc`);
+over a convolution's output (`cpu_batch_norm_pool.cc`), of LayerNorm
+(`cpu_layer_norm.cc`) and of GELU (`cpu_gelu.cc`);
 benchmarks/PROFILE.md has the measurements. These C++ sources compute the
 same functions as XLA FFI custom calls.
 
@@ -44,6 +44,8 @@ BATCH_NORM_POOL_FORWARD = 'vivit_batch_norm_pool_forward'
 BATCH_NORM_POOL_BACKWARD = 'vivit_batch_norm_pool_backward'
 LAYER_NORM_FORWARD = 'vivit_layer_norm_forward'
 LAYER_NORM_BACKWARD = 'vivit_layer_norm_backward'
+GELU_FORWARD = 'vivit_gelu_forward'
+GELU_BACKWARD = 'vivit_gelu_backward'
 _TARGETS = {ATTENTION_FORWARD: 'VivitAttentionForward',
             ATTENTION_BACKWARD: 'VivitAttentionBackward',
             CONV_FORWARD: 'VivitConvForward',
@@ -51,7 +53,9 @@ _TARGETS = {ATTENTION_FORWARD: 'VivitAttentionForward',
             BATCH_NORM_POOL_FORWARD: 'VivitBatchNormPoolForward',
             BATCH_NORM_POOL_BACKWARD: 'VivitBatchNormPoolBackward',
             LAYER_NORM_FORWARD: 'VivitLayerNormForward',
-            LAYER_NORM_BACKWARD: 'VivitLayerNormBackward'}
+            LAYER_NORM_BACKWARD: 'VivitLayerNormBackward',
+            GELU_FORWARD: 'VivitGeluForward',
+            GELU_BACKWARD: 'VivitGeluBackward'}
 
 
 def _cpu_flags() -> str:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vivit_jax.models import attention
+from vivit_jax.models import cpu_gelu
 from vivit_jax.models import cpu_layer_norm
 from vivit_jax.models import embedding
 from vivit_jax.models import self_attention
@@ -73,7 +74,7 @@ class MlpBlock(nn.Module):
     rows = lambda y: y.reshape(-1, y.shape[-1])
     unrows = lambda y: y.reshape(*x.shape[:-1], y.shape[-1])
     y = unrows(dense(self.mlp_dim, name='Dense_0')(rows(x)))
-    y = nn.gelu(y, approximate=self.gelu_approximate)
+    y = cpu_gelu.gelu(y, approximate=self.gelu_approximate)
     y = nn.Dropout(self.dropout_rate)(y, deterministic)
     y = unrows(dense(x.shape[-1], name='Dense_1')(rows(y)))
     return nn.Dropout(self.dropout_rate)(y, deterministic)

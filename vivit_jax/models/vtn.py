@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vivit_jax.models import cpu_gelu
 from vivit_jax.models import cpu_layer_norm
 from vivit_jax.models import longformer
 from vivit_jax.models import vit
@@ -40,7 +41,7 @@ class MlpHead(nn.Module):
     x = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
     x = nn.Dense(self.mlp_dim, kernel_init=init, dtype=self.dtype,
                  name='Dense_0')(x)
-    x = nn.gelu(x, approximate=self.gelu_approximate)
+    x = cpu_gelu.gelu(x, approximate=self.gelu_approximate)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype,
                  name='Dense_1')(x)
