@@ -125,21 +125,32 @@ void RowsTimesTransposed(const Head& h, const float* p, const float* bt,
 }
 
 // acc[c][j] += sum_r coef[r][c] * p[r][j]: coef R rows, acc (d, padded).
-// The coefficients are broadcast into registers once per c: read in the
-// loop, they would be read again after every store into acc (which the
-// compiler cannot tell apart from coef).
+// Two columns c at a time, so that each p vector loaded serves both (an odd
+// last column is added alone). The coefficients are broadcast into
+// registers once per column pair: read in the loop, they would be read
+// again after every store into acc (which the compiler cannot tell apart
+// from coef).
 template <int R>
 void AccumulateOuter(const Head& h, const float* coef, const float* p,
                      float* acc) {
-  for (int64_t c = 0; c < h.d; ++c) {
-    Vec weight[R];
-    for (int r = 0; r < R; ++r) weight[r] = Vec{} + coef[r * h.stride + c];
-    float* row = acc + c * h.padded;
+  for (int64_t c = 0; c < h.d; c += 2) {
+    const bool pair = c + 1 < h.d;
+    Vec weight[2][R];
+    for (int r = 0; r < R; ++r) {
+      weight[0][r] = Vec{} + coef[r * h.stride + c];
+      weight[1][r] = pair ? Vec{} + coef[r * h.stride + c + 1] : Vec{};
+    }
+    float* row0 = acc + c * h.padded;
+    float* row1 = pair ? row0 + h.padded : row0;
     for (int64_t j = 0; j < h.padded; j += kLanes) {
-      Vec even = Load(row + j), odd = {};  // Two chains of multiply-adds.
-      for (int r = 0; r < R; ++r)
-        (r % 2 ? odd : even) += weight[r] * Load(p + r * h.padded + j);
-      Store(row + j, even + odd);
+      Vec sum0 = Load(row0 + j), sum1 = {};
+      for (int r = 0; r < R; ++r) {
+        const Vec pr = Load(p + r * h.padded + j);
+        sum0 += weight[0][r] * pr;
+        sum1 += weight[1][r] * pr;
+      }
+      Store(row0 + j, sum0);
+      if (pair) Store(row1 + j, Load(row1 + j) + sum1);
     }
   }
 }
