@@ -8,7 +8,8 @@
 //   gelu(x) = x (1 + tanh(u)) / 2,  u = sqrt(2 / pi) (x + 0.044715 x^3),
 // computed as x s with s = (1 + tanh(u)) / 2 = 1 / (1 + exp(-2 u)), the same
 // function, with no cancellation in 1 + tanh(u) where u is very negative.
-//   gelu'(x) = s + 2 x s (1 - s) u'(x),  u' = sqrt(2 / pi) (1 + 3 0.044715 x^2).
+//   gelu'(x) = s + 2 x s (1 - s) u'(x),
+//   u'(x) = sqrt(2 / pi) (1 + 3 * 0.044715 x^2).
 // Forward: x -> y, any shape. Backward: x, dy -> dx = dy gelu'(x): the
 // forward pass keeps nothing but x.
 
