@@ -1,0 +1,59 @@
+"""GELU (tanh approximation) on the CPU, forward and forward with backward:
+the fused C++ kernels (`cpu_gelu.gelu`) against `jax.nn.gelu` as XLA
+compiles it.
+
+Default shape: the MLP's hidden layer in the term project's Model 1, batch
+16, 343 tokens, width 256. Timed as `alternating.time_alternating` says; the
+last line printed is one JSON object.
+
+  python -m benchmarks.gelu_cpu [--rows=5488 --width=256]
+"""
+
+import json
+
+from absl import app
+from absl import flags
+import jax
+
+from benchmarks import alternating
+from vivit_jax.models import cpu_gelu
+from vivit_jax.models import cpu_kernels
+
+_ROWS = flags.DEFINE_integer('rows', 16 * 343, 'Rows (tokens of the batch).')
+_WIDTH = flags.DEFINE_integer('width', 256, 'Width (the MLP dimension).')
+_ROUNDS = flags.DEFINE_integer('rounds', 5, 'Rounds of alternating calls.')
+_CALLS = flags.DEFINE_integer('calls_per_round', 20, 'Timed calls per round.')
+
+
+def _runners(gelu, x, weights):
+  """Forward, and forward with backward (the output and the input's
+  gradient for the output gradient `weights`, as a model needs both),
+  compiled now."""
+
+  def forward_backward(x):
+    y, vjp = jax.vjp(gelu, x)
+    return y, vjp(weights)
+
+  forward = jax.jit(gelu).lower(x).compile()
+  both = jax.jit(forward_backward).lower(x).compile()
+  return (lambda: jax.block_until_ready(forward(x)),
+          lambda: jax.block_until_ready(both(x)))
+
+
+def main(argv):
+  del argv
+  cpu_kernels.require('jax.nn.gelu')
+  x, weights = jax.random.normal(jax.random.key(0), (2, _ROWS.value,
+                                                     _WIDTH.value))
+  kernel_forward, kernel_both = _runners(cpu_gelu.gelu, x, weights)
+  xla_forward, xla_both = _runners(jax.nn.gelu, x, weights)
+  result = alternating.time_alternating(
+      {'kernel_forward': kernel_forward, 'xla_forward': xla_forward,
+       'kernel_forward_backward': kernel_both,
+       'xla_forward_backward': xla_both}, _ROUNDS.value, _CALLS.value)
+  result.update(shape=(_ROWS.value, _WIDTH.value))
+  print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  app.run(main)
