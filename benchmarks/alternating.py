@@ -32,3 +32,18 @@ def time_alternating(runners: dict[str, Callable[[], None]], rounds: int,
                 load_average_after=os.getloadavg()[0],
                 threads=len(os.sched_getaffinity(0)))
   return result
+
+
+def kernel_against_reference(kernel: tuple[Callable[[], None], ...],
+                             reference: tuple[Callable[[], None], ...],
+                             reference_name: str, rounds: int,
+                             calls_per_round: int) -> dict:
+  """`time_alternating` of a kernel's and a reference's (forward, forward
+  with backward) runners: kernel_forward_ms, {reference_name}_forward_ms,
+  kernel_forward_backward_ms, {reference_name}_forward_backward_ms."""
+  runners = {}
+  for step, kernel_run, reference_run in zip(
+      ('forward', 'forward_backward'), kernel, reference):
+    runners[f'kernel_{step}'] = kernel_run
+    runners[f'{reference_name}_{step}'] = reference_run
+  return time_alternating(runners, rounds, calls_per_round)

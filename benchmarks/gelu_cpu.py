@@ -47,10 +47,9 @@ def main(argv):
                                                      _WIDTH.value))
   kernel_forward, kernel_both = _runners(cpu_gelu.gelu, x, weights)
   xla_forward, xla_both = _runners(jax.nn.gelu, x, weights)
-  result = alternating.time_alternating(
-      {'kernel_forward': kernel_forward, 'xla_forward': xla_forward,
-       'kernel_forward_backward': kernel_both,
-       'xla_forward_backward': xla_both}, _ROUNDS.value, _CALLS.value)
+  result = alternating.kernel_against_reference(
+      (kernel_forward, kernel_both), (xla_forward, xla_both), 'xla',
+      _ROUNDS.value, _CALLS.value)
   result.update(shape=(_ROWS.value, _WIDTH.value))
   print(json.dumps(result))
 

@@ -47,10 +47,9 @@ def main(argv):
                                          weights)
   with cpu_kernels.xla_ops():
     flax_forward, flax_both = _runners(nn.LayerNorm(), x, weights)
-  result = alternating.time_alternating(
-      {'kernel_forward': kernel_forward, 'flax_forward': flax_forward,
-       'kernel_forward_backward': kernel_both,
-       'flax_forward_backward': flax_both}, _ROUNDS.value, _CALLS.value)
+  result = alternating.kernel_against_reference(
+      (kernel_forward, kernel_both), (flax_forward, flax_both), 'flax',
+      _ROUNDS.value, _CALLS.value)
   result.update(shape=(_ROWS.value, _WIDTH.value))
   print(json.dumps(result))
 
