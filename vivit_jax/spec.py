@@ -135,7 +135,7 @@ def check_config(config: ml_collections.ConfigDict, mode: str = 'train'
     return Spec(**fields, notes=tuple(notes))
   if mode not in MODES:
     raise ValueError(f'Unknown mode {mode!r}: use one of {MODES}.')
-  _check_init_from(config)
+  _check_init_from(config, fields['init_checkpoint'])
   _check_augmentation(config)
   _check_cross_validation(config)
   split_sizes = data.split_sizes(dataset, config.cross_validation)
@@ -271,9 +271,10 @@ def _init_checkpoint(config: ml_collections.ConfigDict) -> Optional[str]:
   return (init_from.get('checkpoint_path') or None) if init_from else None
 
 
-def _check_init_from(config: ml_collections.ConfigDict) -> None:
-  """The pretrained checkpoint exists, before any data is read."""
-  checkpoint = _init_checkpoint(config)
+def _check_init_from(config: ml_collections.ConfigDict,
+                     checkpoint: Optional[str]) -> None:
+  """The pretrained checkpoint (`_init_checkpoint`'s) exists, before any
+  data is read."""
   if not checkpoint:
     return
   _check_choice('init_from.checkpoint_format',
