@@ -35,6 +35,11 @@ namespace vivit_jax {
 namespace {
 
 constexpr int kRows = 8;
+// exp(x) = 2^(x log2 e): Exp2's range reduction is exact, and x = s - m
+// (a score less its row's maximum, or its log-sum-exp) is 0 or near it
+// where the probabilities that count are, so x log2 e's rounding costs them
+// at most an ulp.
+constexpr float kLog2E = 1.44269504088896341f;
 
 struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
@@ -70,16 +75,25 @@ void TransposeBack(const Head& h, int64_t heads, const float* xt, float* x) {
       x[j * h.stride + c] = xt[c * h.padded + j];
 }
 
-// out[r][j] = finish(r, j, sum_c a[r][c] * bt[c][j]) for j in [0, padded)
-// in kLanes steps: a R rows, bt (d, padded), out (R, padded).
+// at[c][r] = x[r][c]: x R rows (stride apart), at (d, R), so that
+// RowsTimes finds a column's R values at fixed offsets from one pointer.
+template <int R>
+void GatherColumns(const Head& h, const float* x, float* at) {
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = 0; c < h.d; ++c) at[c * R + r] = x[r * h.stride + c];
+}
+
+// out[r][j] = finish(r, j, sum_c at[c][r] * bt[c][j]) for j in [0, padded)
+// in kLanes steps: at (d, R) (GatherColumns), bt (d, padded), out (R,
+// padded).
 template <int R, typename Finish>
-void RowsTimes(const Head& h, const float* a, const float* bt, float* out,
+void RowsTimes(const Head& h, const float* at, const float* bt, float* out,
                Finish finish) {
   for (int64_t j = 0; j < h.padded; j += kLanes) {
     Vec acc[R] = {};
     for (int64_t c = 0; c < h.d; ++c) {
       const Vec b = Load(bt + c * h.padded + j);
-      for (int r = 0; r < R; ++r) acc[r] += a[r * h.stride + c] * b;
+      for (int r = 0; r < R; ++r) acc[r] += at[c * R + r] * b;
     }
     for (int r = 0; r < R; ++r)
       Store(out + r * h.padded + j, finish(r, j, acc[r]));
@@ -162,7 +176,7 @@ void ExpRows(const Head& h, float* s, const float* offset, float* total) {
     const float row_offset = offset[r];  // Not reloaded after each store.
     Vec sum = {};
     for (int64_t j = 0; j < h.padded; j += kLanes) {
-      const Vec e = Exp(Load(s + r * h.padded + j) - row_offset);
+      const Vec e = Exp2((Load(s + r * h.padded + j) - row_offset) * kLog2E);
       Store(s + r * h.padded + j, e);
       sum += e;
     }
@@ -170,11 +184,11 @@ void ExpRows(const Head& h, float* s, const float* offset, float* total) {
   }
 }
 
-// One head's transposed keys and values (and their gradients), and kRows
-// rows of scores and of score gradients.
+// One head's transposed keys and values (and their gradients), kRows rows
+// of scores and of score gradients, and two (d, kRows) GatherColumns.
 struct HeadScratch {
   const float *kt, *vt;
-  float *dkt, *dvt, *s, *ds;
+  float *dkt, *dvt, *s, *ds, *at, *bt;
 };
 
 // Scratch of one thread: HeadScratch for a task's `heads` heads.
@@ -183,13 +197,14 @@ struct Scratch {
       : size(h.d * h.padded), kt(Allocate(heads * size)),
         vt(Allocate(heads * size)), dkt(Allocate(heads * size)),
         dvt(Allocate(heads * size)), s(Allocate(kRows * h.padded)),
-        ds(Allocate(kRows * h.padded)) {}
+        ds(Allocate(kRows * h.padded)), at(Allocate(kRows * h.d)),
+        bt(Allocate(kRows * h.d)) {}
   HeadScratch ForHead(int64_t i) const {
     return {kt.get() + i * size, vt.get() + i * size, dkt.get() + i * size,
-            dvt.get() + i * size, s.get(), ds.get()};
+            dvt.get() + i * size, s.get(), ds.get(), at.get(), bt.get()};
   }
   int64_t size;  // Floats of one head's transposed array.
-  Floats kt, vt, dkt, dvt, s, ds;
+  Floats kt, vt, dkt, dvt, s, ds, at, bt;
 };
 
 // Rows [row, row + R) of one head's output and log-sum-exp.
@@ -199,7 +214,8 @@ void ForwardRows(const Head& h, const float* q, const HeadScratch& w,
   Vec top[R];
   for (int r = 0; r < R; ++r)
     top[r] = Vec{} - std::numeric_limits<float>::infinity();
-  RowsTimes<R>(h, q, w.kt, w.s, [&](int r, int64_t j, Vec scores) {
+  GatherColumns<R>(h, q, w.at);
+  RowsTimes<R>(h, w.at, w.kt, w.s, [&](int r, int64_t j, Vec scores) {
     scores = Masked(h, j, scores);
     top[r] = top[r] > scores ? top[r] : scores;
     return scores;
@@ -227,10 +243,12 @@ void BackwardRows(const Head& h, const float* q, const float* out,
       delta[r] += d_out[r * h.stride + c] * out[r * h.stride + c];
   }
   std::fill(ones, ones + R, 1.0f);
-  RowsTimes<R>(h, q, w.kt, w.s, [&](int r, int64_t j, Vec scores) {
-    return Exp(Masked(h, j, scores) - row_lse[r]);  // the probabilities P
+  GatherColumns<R>(h, q, w.at);
+  GatherColumns<R>(h, d_out, w.bt);
+  RowsTimes<R>(h, w.at, w.kt, w.s, [&](int r, int64_t j, Vec scores) {
+    return Exp2((Masked(h, j, scores) - row_lse[r]) * kLog2E);  // P
   });
-  RowsTimes<R>(h, d_out, w.vt, w.ds, [&](int r, int64_t j, Vec dp) {
+  RowsTimes<R>(h, w.bt, w.vt, w.ds, [&](int r, int64_t j, Vec dp) {
     return Load(w.s + r * h.padded + j) * (dp - delta[r]);  // dS
   });
   RowsTimesTransposed<R>(h, w.ds, w.kt, ones, dq);

@@ -102,6 +102,18 @@ inline Vec ExpOfReduced(Vec x, Vec n) {
   return p * (r * r) + r + 1.0f;
 }
 
+// 2^r for |r| <= 1/2: a minimax polynomial of degree 6 (relative error
+// 2e-9, about 1 ulp in float32 by Horner's rule).
+inline Vec Exp2OfReduced(Vec r) {
+  Vec p = Vec{} + 1.5356125368e-4f;
+  p = p * r + 1.3398816810e-3f;
+  p = p * r + 9.6184276044e-3f;
+  p = p * r + 5.5503327399e-2f;
+  p = p * r + 2.4022647738e-1f;
+  p = p * r + 6.9314718246e-1f;
+  return p * r + 1.0f;
+}
+
 #if defined(__AVX512F__)
 // 2^n by AVX-512's scalef, with the lanes below -87.3 zeroed by the same
 // instruction: about 14 instructions per vector, against about 21 below.
@@ -114,19 +126,47 @@ inline Vec Exp(Vec x) {
       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   return _mm512_maskz_scalef_ps(kept, ExpOfReduced(x, n), n);
 }
+
+// 2^x, 0 below -126 (and for -inf): x = n + r, |r| <= 1/2 (exactly), times
+// 2^n by scalef, which zeroes the lanes below -126 in the same instruction.
+inline Vec Exp2(Vec x) {
+  const __m512 v = x;
+  const __mmask16 kept = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-126.0f),
+                                            _CMP_GE_OQ);
+  const __m512 n =
+      _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_maskz_scalef_ps(kept, Exp2OfReduced(x - Vec(n)), n);
+}
 #else
-// 2^n by building the exponent bits, with x clamped to where they exist.
+// Integral x in [-126, 127] -> 2^x.
+inline Vec PowerOf2(Vec n) {
+  const VecInt bits = (__builtin_convertvector(n, VecInt) + 127) << 23;
+  return reinterpret_cast<const Vec&>(bits);
+}
+
+// x rounded to the nearest integer, for |x| < 2^22.
+inline Vec Round(Vec x) {
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to int.
+  return (x + magic) - magic;
+}
+
+// exp(x), with x clamped to where 2^n's bits exist.
 inline Vec Exp(Vec x) {
   const VecInt underflow = x < -87.3f;
   x = underflow ? Vec{} - 87.3f : x;
   x = x > 88.3f ? Vec{} + 88.3f : x;
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to int.
-  const Vec shifted = x * 1.44269504088896341f + magic;
-  const Vec n = shifted - magic;
-  const VecInt n_int = reinterpret_cast<const VecInt&>(shifted) -
-                       VecInt{} - 0x4B400000;
-  const VecInt bits = (n_int + 127) << 23;
-  const Vec result = ExpOfReduced(x, n) * reinterpret_cast<const Vec&>(bits);
+  const Vec n = Round(x * 1.44269504088896341f);
+  const Vec result = ExpOfReduced(x, n) * PowerOf2(n);
+  return underflow ? Vec{} : result;
+}
+
+// 2^x, 0 below -126 (and for -inf), x clamped as in Exp.
+inline Vec Exp2(Vec x) {
+  const VecInt underflow = x < -126.0f;
+  x = underflow ? Vec{} - 126.0f : x;
+  x = x > 127.0f ? Vec{} + 127.0f : x;
+  const Vec n = Round(x);
+  const Vec result = Exp2OfReduced(x - n) * PowerOf2(n);
   return underflow ? Vec{} : result;
 }
 #endif
