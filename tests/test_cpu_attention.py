@@ -37,6 +37,7 @@ def _value_and_grads(fn, q, k, v):
     ((2, 3, 50, 2, 16), 4.0),  # Two batch axes; scores in the tens.
     ((2, 40, 2, 16), 8.0),  # Scores a hundred apart: exp underflows to 0.
     ((64, 20, 3, 5), 1.0),  # Many items: a task takes all heads of one.
+    ((2, 21, 1, 24), 1.0),  # Transposed 16 columns at a time, 8 alone.
 ])
 def test_equals_xla_attention_and_its_gradients(shape, scale):
   q, k, v = (scale * jax.random.normal(key, shape)

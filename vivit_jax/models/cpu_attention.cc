@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <limits>
 #include <memory>
+#include <utility>
 
 #include "cpu_parallel.h"
 #include "cpu_vector_math.h"
@@ -57,22 +58,68 @@ struct Head {
   int64_t n, d, padded, stride, lse_stride;
 };
 
+// Swaps bit H of the row and column indices of 16 rows of 16 floats: one
+// of the four stages of a 16 x 16 transpose.
+template <int H, int... C>
+void TransposeStage(Vec* rows, std::integer_sequence<int, C...>) {
+  for (int i = 0; i < kLanes; ++i) {
+    if (i & H) continue;
+    const Vec a = rows[i], b = rows[i + H];
+    rows[i] = __builtin_shufflevector(a, b, ((C & H) ? kLanes + C - H : C)...);
+    rows[i + H] =
+        __builtin_shufflevector(a, b, ((C & H) ? kLanes + C : C + H)...);
+  }
+}
+
+// rows[i][c] <- rows[c][i].
+inline void Transpose16(Vec* rows) {
+  static_assert(kLanes == 16, "Transpose16 takes 16 lanes");
+  const auto lanes = std::make_integer_sequence<int, kLanes>();
+  TransposeStage<1>(rows, lanes);
+  TransposeStage<2>(rows, lanes);
+  TransposeStage<4>(rows, lanes);
+  TransposeStage<8>(rows, lanes);
+}
+
 // x (n rows, stride apart, columns of `heads` adjacent heads) -> xt
-// (heads, d, padded), zero beyond n; each row read once, in order.
+// (heads, d, padded), zero beyond n: 16 rows and 16 columns at a time
+// (rows read once, in order), the columns beyond a multiple of 16 one by
+// one.
 void Transpose(const Head& h, int64_t heads, const float* x, float* xt) {
-  const int64_t columns = heads * h.d;
-  for (int64_t j = 0; j < h.n; ++j)
-    for (int64_t c = 0; c < columns; ++c)
-      xt[c * h.padded + j] = x[j * h.stride + c];
-  for (int64_t c = 0; c < columns; ++c)
-    for (int64_t j = h.n; j < h.padded; ++j) xt[c * h.padded + j] = 0.0f;
+  const int64_t columns = heads * h.d, blocked = columns / kLanes * kLanes;
+  for (int64_t j = 0; j < h.padded; j += kLanes) {
+    const int64_t rows = std::min<int64_t>(kLanes, h.n - j);
+    for (int64_t c = 0; c < blocked; c += kLanes) {
+      Vec block[kLanes] = {};
+      for (int i = 0; i < rows; ++i)
+        block[i] = LoadUnaligned(x + (j + i) * h.stride + c);
+      Transpose16(block);
+      for (int i = 0; i < kLanes; ++i)
+        Store(xt + (c + i) * h.padded + j, block[i]);
+    }
+    for (int64_t c = blocked; c < columns; ++c)
+      for (int i = 0; i < kLanes; ++i)
+        xt[c * h.padded + j + i] = i < rows ? x[(j + i) * h.stride + c] : 0.0f;
+  }
 }
 
 // xt (heads, d, padded) -> x (n rows, stride apart), as Transpose reads it.
 void TransposeBack(const Head& h, int64_t heads, const float* xt, float* x) {
-  for (int64_t j = 0; j < h.n; ++j)
-    for (int64_t c = 0; c < heads * h.d; ++c)
-      x[j * h.stride + c] = xt[c * h.padded + j];
+  const int64_t columns = heads * h.d, blocked = columns / kLanes * kLanes;
+  for (int64_t j = 0; j < h.padded; j += kLanes) {
+    const int64_t rows = std::min<int64_t>(kLanes, h.n - j);
+    for (int64_t c = 0; c < blocked; c += kLanes) {
+      Vec block[kLanes];
+      for (int i = 0; i < kLanes; ++i)
+        block[i] = Load(xt + (c + i) * h.padded + j);
+      Transpose16(block);
+      for (int i = 0; i < rows; ++i)
+        StoreUnaligned(x + (j + i) * h.stride + c, block[i]);
+    }
+    for (int64_t c = blocked; c < columns; ++c)
+      for (int i = 0; i < rows; ++i)
+        x[(j + i) * h.stride + c] = xt[c * h.padded + j + i];
+  }
 }
 
 // at[c][r] = x[r][c]: x R rows (stride apart), at (d, R), so that
