@@ -1,6 +1,7 @@
-"""The CPU GELU kernels compute jax.nn.gelu's tanh approximation and its
-gradient, and give way to JAX's GELU where they do not apply."""
+"""The CPU GELU kernels compute jax.nn.gelu's tanh approximation of x + bias
+and its gradients, DenseGelu is Dense then GELU, and both give way to JAX's GELU where they do not apply."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -64,3 +65,42 @@ def test_batches_under_vmap():
   x = jax.random.normal(jax.random.key(0), (3, 5, 40))
   np.testing.assert_allclose(jax.vmap(cpu_gelu.gelu)(x), jax.nn.gelu(x),
                              rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize('shape', [(16, 343, 256), (3, 37), (40, 7)])
+def test_adds_the_bias_and_returns_its_gradient(shape):
+  x, bias, weights = (jax.random.normal(key, size) for key, size in zip(
+      jax.random.split(jax.random.key(0), 3), (shape, shape[-1:], shape)))
+  expected, slope = _float64_gelu_and_slope(
+      np.asarray(x, np.float64) + np.asarray(bias, np.float64))
+  loss = lambda x, bias: jnp.sum(weights * cpu_gelu.gelu(x, True, bias))
+  dx, dbias = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, bias)
+  expected_dx = np.asarray(weights, np.float64) * slope
+  np.testing.assert_allclose(cpu_gelu.gelu(x, True, bias), expected,
+                             rtol=1e-6, atol=2e-6)
+  np.testing.assert_allclose(dx, expected_dx, rtol=1e-6, atol=1e-5)
+  rows = int(np.prod(shape[:-1]))
+  np.testing.assert_allclose(dbias, expected_dx.reshape(rows, -1).sum(0),
+                             rtol=1e-5, atol=1e-5 * np.sqrt(rows))
+
+
+def test_dense_gelu_is_dense_then_gelu():
+  x = jax.random.normal(jax.random.key(0), (2, 21, 24))
+  fused = cpu_gelu.DenseGelu(40, bias_init=nn.initializers.normal(1.0))
+  params = fused.init(jax.random.key(1), x)
+  dense = nn.Dense(40, bias_init=nn.initializers.normal(1.0))
+  assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+      jnp.shape, dense.init(jax.random.key(1), x))
+
+  def value_and_grads(fn):
+    loss = lambda p, x: jnp.sum(jnp.sin(fn(p, x)))
+    return jax.jit(lambda p, x: (fn(p, x), jax.grad(loss, argnums=(0, 1))(
+        p, x)))(params, x)
+
+  fast = value_and_grads(fused.apply)
+  assert cpu_kernels.GELU_FORWARD in jax.jit(fused.apply).lower(
+      params, x).as_text()
+  reference = value_and_grads(
+      lambda p, x: jax.nn.gelu(dense.apply(p, x), approximate=True))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-5, atol=1e-5), fast, reference)

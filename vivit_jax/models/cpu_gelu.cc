@@ -10,8 +10,10 @@
 // function, with no cancellation in 1 + tanh(u) where u is very negative.
 //   gelu'(x) = s + 2 x s (1 - s) u'(x),
 //   u'(x) = sqrt(2 / pi) (1 + 3 * 0.044715 x^2).
-// Forward: x -> y, any shape. Backward: x, dy -> dx = dy gelu'(x): the
-// forward pass keeps nothing but x.
+// The Dense layer's bias before the GELU is added inside the kernels.
+// Forward: x (..., width), bias (width,) -> y = gelu(x + bias). Backward:
+// x, bias, dy -> dx = dy gelu'(x + bias) and dx's sums over blocks of rows
+// (the bias's gradient): the forward pass keeps nothing but x.
 
 #include <algorithm>
 #include <cstdint>
@@ -27,7 +29,7 @@ namespace {
 
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCubic = 0.044715f;
-constexpr int64_t kChunk = 16384;  // Floats per work item.
+constexpr int64_t kBlocks = 32;  // Blocks of rows, the work items.
 
 // s = 1 / (1 + exp(-2 u)) for x.
 inline Vec Sigmoid2U(Vec x) {
@@ -46,51 +48,88 @@ inline Vec GeluGrad(Vec x, Vec dy) {
   return dy * (s + 2.0f * x * s * (1.0f - s) * u_slope);
 }
 
-// out[i] = f(v) over [0, count), v[k] the vector of in[k] at i, in chunks
-// of kChunk floats on the pool's threads; a last partial vector through
-// zero-padded copies.
+// The rows of a (rows, width) array, split into kBlocks fixed blocks.
+struct Rows {
+  explicit Rows(const ffi::Buffer<ffi::F32>& x)
+      : width(x.dimensions().back()),
+        count(width ? x.element_count() / width : 0),
+        per_block((count + kBlocks - 1) / kBlocks) {}
+  int64_t first(int64_t block) const {
+    return std::min(count, block * per_block);
+  }
+  int64_t width, count, per_block;
+};
+
+// out[j] = f(v) for j in [0, width), v[k] the vector of in[k] at j, a
+// vector at a time, the last partial one through zero-padded copies; where
+// sum is given, sum[j] += out[j].
 template <int N, typename F>
-void Elementwise(ffi::ThreadPool& pool, int64_t count,
-                 const float* const (&in)[N], float* out, F f) {
-  const int64_t chunks = (count + kChunk - 1) / kChunk;
-  const float* inputs[N];
-  std::copy(in, in + N, inputs);
-  ForEach(pool, chunks, [=] {
-    return [=](int64_t chunk) {
-      const int64_t start = chunk * kChunk;
-      const int64_t end = std::min(count, start + kChunk);
-      int64_t i = start;
-      for (; i + kLanes <= end; i += kLanes) {
-        Vec v[N];
-        for (int k = 0; k < N; ++k) v[k] = LoadUnaligned(inputs[k] + i);
-        StoreUnaligned(out + i, f(v));
-      }
-      if (i == end) return;
-      float padded[N][kLanes] = {}, result[kLanes];
-      for (int k = 0; k < N; ++k)
-        std::copy(inputs[k] + i, inputs[k] + end, padded[k]);
-      Vec v[N];
-      for (int k = 0; k < N; ++k) v[k] = LoadUnaligned(padded[k]);
-      StoreUnaligned(result, f(v));
-      std::copy(result, result + (end - i), out + i);
-    };
-  });
+void Row(int64_t width, const float* const (&in)[N], float* out, float* sum,
+         F f) {
+  int64_t j = 0;
+  for (; j + kLanes <= width; j += kLanes) {
+    Vec v[N];
+    for (int k = 0; k < N; ++k) v[k] = LoadUnaligned(in[k] + j);
+    const Vec y = f(v);
+    StoreUnaligned(out + j, y);
+    if (sum) StoreUnaligned(sum + j, LoadUnaligned(sum + j) + y);
+  }
+  if (j == width) return;
+  float padded[N][kLanes] = {}, result[kLanes];
+  for (int k = 0; k < N; ++k) std::copy(in[k] + j, in[k] + width, padded[k]);
+  Vec v[N];
+  for (int k = 0; k < N; ++k) v[k] = LoadUnaligned(padded[k]);
+  StoreUnaligned(result, f(v));
+  std::copy(result, result + (width - j), out + j);
+  if (sum)
+    for (int64_t i = j; i < width; ++i) sum[i] += result[i - j];
 }
 
-ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                   ffi::ResultBuffer<ffi::F32> y) {
-  const float* const in[1] = {x.typed_data()};
-  Elementwise<1>(pool, x.element_count(), in, y->typed_data(),
-                 [](const Vec* v) { return Gelu(v[0]); });
+// GELU(x + bias): x (..., width), bias (width,) -> y (x's shape).
+ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
+                   ffi::Buffer<ffi::F32> bias_buffer,
+                   ffi::ResultBuffer<ffi::F32> y_buffer) {
+  const Rows rows(x_buffer);
+  const float *x = x_buffer.typed_data(), *bias = bias_buffer.typed_data();
+  float* y = y_buffer->typed_data();
+  ForEach(pool, kBlocks, [=] {
+    return [=](int64_t block) {
+      for (int64_t i = rows.first(block); i < rows.first(block + 1); ++i) {
+        const int64_t at = i * rows.width;
+        const float* const in[2] = {x + at, bias};
+        Row<2>(rows.width, in, y + at, nullptr,
+               [](const Vec* v) { return Gelu(v[0] + v[1]); });
+      }
+    };
+  });
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
-                    ffi::Buffer<ffi::F32> dy,
-                    ffi::ResultBuffer<ffi::F32> dx) {
-  const float* const in[2] = {x.typed_data(), dy.typed_data()};
-  Elementwise<2>(pool, x.element_count(), in, dx->typed_data(),
-                 [](const Vec* v) { return GeluGrad(v[0], v[1]); });
+// x, bias, dy -> dx = dy GELU'(x + bias), and the sums of dx over each
+// block of rows (kBlocks, width), which the caller adds for the bias's
+// gradient: blocks are fixed, whichever thread takes them.
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
+                    ffi::Buffer<ffi::F32> bias_buffer,
+                    ffi::Buffer<ffi::F32> dy_buffer,
+                    ffi::ResultBuffer<ffi::F32> dx_buffer,
+                    ffi::ResultBuffer<ffi::F32> dbias_buffer) {
+  const Rows rows(x_buffer);
+  const float *x = x_buffer.typed_data(), *bias = bias_buffer.typed_data(),
+              *dy = dy_buffer.typed_data();
+  float *dx = dx_buffer->typed_data(), *dbias = dbias_buffer->typed_data();
+  ForEach(pool, kBlocks, [=] {
+    return [=](int64_t block) {
+      float* sum = dbias + block * rows.width;
+      std::fill(sum, sum + rows.width, 0.0f);
+      for (int64_t i = rows.first(block); i < rows.first(block + 1); ++i) {
+        const int64_t at = i * rows.width;
+        const float* const in[3] = {x + at, bias, dy + at};
+        Row<3>(rows.width, in, dx + at, sum, [](const Vec* v) {
+          return GeluGrad(v[0] + v[1], v[2]);
+        });
+      }
+    };
+  });
   return ffi::Error::Success();
 }
 
@@ -101,6 +140,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitGeluForward, vivit_jax::Forward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitGeluBackward, vivit_jax::Backward,
@@ -108,4 +148,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitGeluBackward, vivit_jax::Backward,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

@@ -65,18 +65,18 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
     """(..., d) -> (..., d)."""
-    dense = functools.partial(
-        nn.Dense, dtype=self.dtype,
-        kernel_init=nn.initializers.xavier_uniform(),
-        bias_init=nn.initializers.normal(stddev=1e-6))
+    initializers = dict(kernel_init=nn.initializers.xavier_uniform(),
+                        bias_init=nn.initializers.normal(stddev=1e-6))
     # The matmuls see (rows, features): XLA:CPU transposes the activations of
     # a matmul over several batch axes to take its kernel's gradient.
     rows = lambda y: y.reshape(-1, y.shape[-1])
     unrows = lambda y: y.reshape(*x.shape[:-1], y.shape[-1])
-    y = unrows(dense(self.mlp_dim, name='Dense_0')(rows(x)))
-    y = cpu_gelu.gelu(y, approximate=self.gelu_approximate)
+    y = unrows(cpu_gelu.DenseGelu(
+        self.mlp_dim, approximate=self.gelu_approximate, dtype=self.dtype,
+        name='Dense_0', **initializers)(rows(x)))
     y = nn.Dropout(self.dropout_rate)(y, deterministic)
-    y = unrows(dense(x.shape[-1], name='Dense_1')(rows(y)))
+    y = unrows(nn.Dense(x.shape[-1], dtype=self.dtype, name='Dense_1',
+                        **initializers)(rows(y)))
     return nn.Dropout(self.dropout_rate)(y, deterministic)
 
 

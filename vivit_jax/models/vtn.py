@@ -39,9 +39,9 @@ class MlpHead(nn.Module):
     """(batch, d) -> (batch, num_classes), float32."""
     init = nn.initializers.normal(0.02)
     x = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(x)
-    x = nn.Dense(self.mlp_dim, kernel_init=init, dtype=self.dtype,
-                 name='Dense_0')(x)
-    x = cpu_gelu.gelu(x, approximate=self.gelu_approximate)
+    x = cpu_gelu.DenseGelu(self.mlp_dim, approximate=self.gelu_approximate,
+                           kernel_init=init, dtype=self.dtype,
+                           name='Dense_0')(x)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     x = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype,
                  name='Dense_1')(x)
