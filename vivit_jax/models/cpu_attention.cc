@@ -15,9 +15,9 @@
 // Arrays keep the projections' layout (..., N, heads, head_dim): a head's
 // rows are heads * head_dim floats apart, so no transposes into a
 // heads-first layout are needed around the kernel.
-// Forward: q (already scaled by 1/sqrt(head_dim)), k, v -> out (same shape),
-// lse (..., N, heads). Backward: q, k, v, out, lse, d_out -> dq (with respect
-// to the scaled q), dk, dv.
+// Forward: q, k, v, attribute scale (1/sqrt(head_dim) for softmax(scale q
+// k^T) v) -> out (same shape), lse (..., N, heads). Backward: q, k, v, out,
+// lse, d_out, scale -> dq, dk, dv.
 
 #include <algorithm>
 #include <cstdint>
@@ -53,9 +53,11 @@ Floats Allocate(int64_t count) {
 }
 
 // The shape of one head's arrays: n rows of d floats, stride floats apart
-// (lse's rows lse_stride apart); padded = n rounded up to kLanes.
+// (lse's rows lse_stride apart); padded = n rounded up to kLanes. The
+// scores are q_scale q k^T.
 struct Head {
   int64_t n, d, padded, stride, lse_stride;
+  float q_scale;
 };
 
 // Swaps bit H of the row and column indices of 16 rows of 16 floats: one
@@ -122,12 +124,14 @@ void TransposeBack(const Head& h, int64_t heads, const float* xt, float* x) {
   }
 }
 
-// at[c][r] = x[r][c]: x R rows (stride apart), at (d, R), so that
-// RowsTimes finds a column's R values at fixed offsets from one pointer.
+// at[c][r] = scale x[r][c]: x R rows (stride apart), at (d, R), so that
+// RowsTimes and AccumulateOuter find a column's R values at fixed offsets
+// from one pointer.
 template <int R>
-void GatherColumns(const Head& h, const float* x, float* at) {
+void GatherColumns(const Head& h, const float* x, float scale, float* at) {
   for (int r = 0; r < R; ++r)
-    for (int64_t c = 0; c < h.d; ++c) at[c * R + r] = x[r * h.stride + c];
+    for (int64_t c = 0; c < h.d; ++c)
+      at[c * R + r] = scale * x[r * h.stride + c];
 }
 
 // out[r][j] = finish(r, j, sum_c at[c][r] * bt[c][j]) for j in [0, padded)
@@ -185,21 +189,22 @@ void RowsTimesTransposed(const Head& h, const float* p, const float* bt,
   }
 }
 
-// acc[c][j] += sum_r coef[r][c] * p[r][j]: coef R rows, acc (d, padded).
+// acc[c][j] += sum_r ct[c][r] * p[r][j]: ct (d, R) (GatherColumns), acc
+// (d, padded).
 // Two columns c at a time, so that each p vector loaded serves both (an odd
 // last column is added alone). The coefficients are broadcast into
 // registers once per column pair: read in the loop, they would be read
 // again after every store into acc (which the compiler cannot tell apart
-// from coef).
+// from ct).
 template <int R>
-void AccumulateOuter(const Head& h, const float* coef, const float* p,
+void AccumulateOuter(const Head& h, const float* ct, const float* p,
                      float* acc) {
   for (int64_t c = 0; c < h.d; c += 2) {
     const bool pair = c + 1 < h.d;
     Vec weight[2][R];
     for (int r = 0; r < R; ++r) {
-      weight[0][r] = Vec{} + coef[r * h.stride + c];
-      weight[1][r] = pair ? Vec{} + coef[r * h.stride + c + 1] : Vec{};
+      weight[0][r] = Vec{} + ct[c * R + r];
+      weight[1][r] = pair ? Vec{} + ct[(c + 1) * R + r] : Vec{};
     }
     float* row0 = acc + c * h.padded;
     float* row1 = pair ? row0 + h.padded : row0;
@@ -261,7 +266,7 @@ void ForwardRows(const Head& h, const float* q, const HeadScratch& w,
   Vec top[R];
   for (int r = 0; r < R; ++r)
     top[r] = Vec{} - std::numeric_limits<float>::infinity();
-  GatherColumns<R>(h, q, w.at);
+  GatherColumns<R>(h, q, h.q_scale, w.at);
   RowsTimes<R>(h, w.at, w.kt, w.s, [&](int r, int64_t j, Vec scores) {
     scores = Masked(h, j, scores);
     top[r] = top[r] > scores ? top[r] : scores;
@@ -282,25 +287,25 @@ template <int R>
 void BackwardRows(const Head& h, const float* q, const float* out,
                   const float* lse, const float* d_out,
                   const HeadScratch& w, float* dq) {
-  float row_lse[R], delta[R], ones[R];
+  float row_lse[R], delta[R], q_scale[R];
   for (int r = 0; r < R; ++r) {
     row_lse[r] = lse[r * h.lse_stride];
     delta[r] = 0.0f;
     for (int64_t c = 0; c < h.d; ++c)
       delta[r] += d_out[r * h.stride + c] * out[r * h.stride + c];
   }
-  std::fill(ones, ones + R, 1.0f);
-  GatherColumns<R>(h, q, w.at);
-  GatherColumns<R>(h, d_out, w.bt);
+  std::fill(q_scale, q_scale + R, h.q_scale);
+  GatherColumns<R>(h, q, h.q_scale, w.at);
+  GatherColumns<R>(h, d_out, 1.0f, w.bt);
   RowsTimes<R>(h, w.at, w.kt, w.s, [&](int r, int64_t j, Vec scores) {
     return Exp2((Masked(h, j, scores) - row_lse[r]) * kLog2E);  // P
   });
   RowsTimes<R>(h, w.bt, w.vt, w.ds, [&](int r, int64_t j, Vec dp) {
     return Load(w.s + r * h.padded + j) * (dp - delta[r]);  // dS
   });
-  RowsTimesTransposed<R>(h, w.ds, w.kt, ones, dq);
-  AccumulateOuter<R>(h, q, w.ds, w.dkt);
-  AccumulateOuter<R>(h, d_out, w.s, w.dvt);
+  RowsTimesTransposed<R>(h, w.ds, w.kt, q_scale, dq);
+  AccumulateOuter<R>(h, w.at, w.ds, w.dkt);
+  AccumulateOuter<R>(h, w.bt, w.s, w.dvt);
 }
 
 // Calls Rows<R>::Run(first_row, args...) over [0, n) in groups of kRows,
@@ -345,13 +350,13 @@ struct BackwardGroup {
 // takes (adjacent heads of one item), and where a task's first head starts
 // in them (offset) and in lse (lse_offset).
 struct Layout {
-  Layout(const ffi::Buffer<ffi::F32>& q, int64_t threads) {
+  Layout(const ffi::Buffer<ffi::F32>& q, float q_scale, int64_t threads) {
     const auto dims = q.dimensions();
     const int64_t rank = dims.size(), n = dims[rank - 3];
     per_item = dims[rank - 2];
     const int64_t d = dims[rank - 1];
     head = Head{n, d, (n + kLanes - 1) / kLanes * kLanes, per_item * d,
-                per_item};
+                per_item, q_scale};
     const int64_t item = n * per_item * d;
     const int64_t items = item ? q.element_count() / item : 0;
     // All of an item's heads per task, so that their rows are read once, in
@@ -389,9 +394,9 @@ void ForEachTask(ffi::ThreadPool& pool, const Layout& layout, Work work) {
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                    ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                   ffi::ResultBuffer<ffi::F32> out,
+                   float scale, ffi::ResultBuffer<ffi::F32> out,
                    ffi::ResultBuffer<ffi::F32> lse) {
-  const Layout layout(q, pool.num_threads());
+  const Layout layout(q, scale, pool.num_threads());
   const Head h = layout.head;
   const float *q_data = q.typed_data(), *k_data = k.typed_data(),
               *v_data = v.typed_data();
@@ -413,11 +418,11 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
                     ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
                     ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
-                    ffi::Buffer<ffi::F32> d_out,
+                    ffi::Buffer<ffi::F32> d_out, float scale,
                     ffi::ResultBuffer<ffi::F32> dq,
                     ffi::ResultBuffer<ffi::F32> dk,
                     ffi::ResultBuffer<ffi::F32> dv) {
-  const Layout layout(q, pool.num_threads());
+  const Layout layout(q, scale, pool.num_threads());
   const Head h = layout.head;
   const float *q_data = q.typed_data(), *k_data = k.typed_data(),
               *v_data = v.typed_data(), *out_data = out.typed_data(),
@@ -452,6 +457,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionForward, vivit_jax::Forward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
@@ -464,6 +470,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionBackward, vivit_jax::Backward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

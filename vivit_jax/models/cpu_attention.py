@@ -11,30 +11,34 @@ head_dim) layout as it is.
 path.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vivit_jax.models import cpu_kernels
 
 
-@jax.custom_vjp
-def _attend(q, k, v):
-  return _attend_forward(q, k, v)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attend(q, k, v, scale):
+  return _attend_forward(q, k, v, scale)[0]
 
 
-def _attend_forward(q, k, v):
+def _attend_forward(q, k, v, scale):
   out, lse = jax.ffi.ffi_call(
       cpu_kernels.ATTENTION_FORWARD,
       (cpu_kernels.like(q), cpu_kernels.like(q, q.shape[:-1])),
-      vmap_method='broadcast_all')(q, k, v)
+      vmap_method='broadcast_all')(q, k, v, scale=np.float32(scale))
   return out, (q, k, v, out, lse)
 
 
-def _attend_backward(residuals, d_out):
+def _attend_backward(scale, residuals, d_out):
   q = residuals[0]
   return tuple(jax.ffi.ffi_call(
       cpu_kernels.ATTENTION_BACKWARD, (cpu_kernels.like(q),) * 3,
-      vmap_method='broadcast_all')(*residuals, d_out))
+      vmap_method='broadcast_all')(*residuals, d_out,
+                                   scale=np.float32(scale)))
 
 
 _attend.defvjp(_attend_forward, _attend_backward)
@@ -52,6 +56,6 @@ def attention(query: jnp.ndarray, key: jnp.ndarray,
     (..., N, heads, head_dim), in the query's dtype.
   """
   cpu_kernels.require('blocked_attention.dot_product_attention')
-  q = query.astype(jnp.float32) * query.shape[-1]**-0.5
-  out = _attend(q, key.astype(jnp.float32), value.astype(jnp.float32))
+  out = _attend(*(x.astype(jnp.float32) for x in (query, key, value)),
+                query.shape[-1]**-0.5)
   return out.astype(query.dtype)
