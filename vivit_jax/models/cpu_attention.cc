@@ -16,8 +16,8 @@
 // rows are heads * head_dim floats apart, so no transposes into a
 // heads-first layout are needed around the kernel.
 // Forward: q, k, v, attribute scale (1/sqrt(head_dim) for softmax(scale q
-// k^T) v) -> out (same shape), lse (..., N, heads). Backward: q, k, v, out,
-// lse, d_out, scale -> dq, dk, dv.
+// k^T) v) -> out (same shape), lse (..., N, heads; in base 2, see kLog2E).
+// Backward: q, k, v, out, lse, d_out, scale -> dq, dk, dv.
 
 #include <algorithm>
 #include <cstdint>
@@ -36,10 +36,12 @@ namespace vivit_jax {
 namespace {
 
 constexpr int kRows = 8;
-// exp(x) = 2^(x log2 e): Exp2's range reduction is exact, and x = s - m
-// (a score less its row's maximum, or its log-sum-exp) is 0 or near it
-// where the probabilities that count are, so x log2 e's rounding costs them
-// at most an ulp.
+// exp(s - m) = 2^(s log2 e - c), c = m log2 e: one fused multiply-subtract
+// (compilers contract s * kLog2E - c where the CPU has FMA), rounded once,
+// so that the exponent is as exact as s - m's would be; c's own rounding
+// shifts a row's exponents alike, which its normalisation cancels. The
+// log-sum-exp (lse) is kept in base 2, c + log2(sum), for the backward pass
+// to take the same exponents.
 constexpr float kLog2E = 1.44269504088896341f;
 
 struct AlignedFree {
@@ -221,14 +223,14 @@ void AccumulateOuter(const Head& h, const float* ct, const float* p,
   }
 }
 
-// exp(s[r][j] - offset[r]) in place; row r's sum in total[r].
+// 2^(s[r][j] log2 e - offset[r]) in place; row r's sum in total[r].
 template <int R>
 void ExpRows(const Head& h, float* s, const float* offset, float* total) {
   for (int r = 0; r < R; ++r) {
     const float row_offset = offset[r];  // Not reloaded after each store.
     Vec sum = {};
     for (int64_t j = 0; j < h.padded; j += kLanes) {
-      const Vec e = Exp2((Load(s + r * h.padded + j) - row_offset) * kLog2E);
+      const Vec e = Exp2(Load(s + r * h.padded + j) * kLog2E - row_offset);
       Store(s + r * h.padded + j, e);
       sum += e;
     }
@@ -272,12 +274,12 @@ void ForwardRows(const Head& h, const float* q, const HeadScratch& w,
     top[r] = top[r] > scores ? top[r] : scores;
     return scores;
   });
-  float row_max[R], total[R], inverse_total[R];
-  for (int r = 0; r < R; ++r) row_max[r] = Max(top[r]);
-  ExpRows<R>(h, w.s, row_max, total);
+  float offset[R], total[R], inverse_total[R];
+  for (int r = 0; r < R; ++r) offset[r] = Max(top[r]) * kLog2E;
+  ExpRows<R>(h, w.s, offset, total);
   for (int r = 0; r < R; ++r) {
     inverse_total[r] = 1.0f / total[r];
-    lse[r * h.lse_stride] = row_max[r] + std::log(total[r]);
+    lse[r * h.lse_stride] = offset[r] + std::log2(total[r]);
   }
   RowsTimesTransposed<R>(h, w.s, w.vt, inverse_total, out);
 }
@@ -298,7 +300,7 @@ void BackwardRows(const Head& h, const float* q, const float* out,
   GatherColumns<R>(h, q, h.q_scale, w.at);
   GatherColumns<R>(h, d_out, 1.0f, w.bt);
   RowsTimes<R>(h, w.at, w.kt, w.s, [&](int r, int64_t j, Vec scores) {
-    return Exp2((Masked(h, j, scores) - row_lse[r]) * kLog2E);  // P
+    return Exp2(Masked(h, j, scores) * kLog2E - row_lse[r]);  // P
   });
   RowsTimes<R>(h, w.bt, w.vt, w.ds, [&](int r, int64_t j, Vec dp) {
     return Load(w.s + r * h.padded + j) * (dp - delta[r]);  // dS
