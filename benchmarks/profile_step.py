@@ -123,7 +123,8 @@ def _own_flops(instruction: dict, instructions: dict) -> float:
     # The CPU attention kernel: the matmuls of its q (..., N, heads, d), 2
     # forward (Q K^T, P V), 5 backward (Q K^T again, dP, dQ, dK, dV).
     target = re.search(r'custom_call_target="(\w+)"', instruction['attrs'])
-    matmuls = {'vivit_attention_forward': 2, 'vivit_attention_backward': 5}
+    matmuls = {'vivit_attention_forward': 2, 'vivit_attention_backward': 5,
+               'vivit_attention_backward_packed': 5}
     if target and target.group(1) in matmuls:
       q = operand_shapes[0]
       return 2.0 * matmuls[target.group(1)] * math.prod(q) * q[-3]

@@ -53,6 +53,33 @@ def test_equals_xla_attention_and_its_gradients(shape, scale):
                                atol=2e-5)
 
 
+@pytest.mark.parametrize('shape', [
+    (2, 343, 8, 8), (64, 20, 3, 5), (2, 21, 1, 24), (2, 3, 50, 2, 16)])
+def test_self_attention_of_packed_projections(shape):
+  """q, k, v sliced from one (..., N, 3, heads, head_dim) projection plus
+  its bias: the gradient written as one array, the bias's summed."""
+  *lead, n, heads, head_dim = shape
+  qkv, bias = (jax.random.normal(key, size) for key, size in zip(
+      jax.random.split(jax.random.key(0)),
+      [(*lead, n, 3, heads, head_dim), (3, heads, head_dim)]))
+
+  def sliced(qkv, bias):
+    biased = qkv + bias
+    return _xla(*(biased[..., i, :, :] for i in range(3)))
+
+  weights = jax.random.normal(jax.random.key(3), shape)
+  value_and_grads = lambda fn: jax.jit(jax.value_and_grad(
+      lambda *args: jnp.sum(weights * fn(*args)), argnums=(0, 1)))(qkv, bias)
+  np.testing.assert_allclose(cpu_attention.self_attention(qkv, bias),
+                             sliced(qkv, bias), rtol=1e-5, atol=2e-5)
+  _, grads = value_and_grads(cpu_attention.self_attention)
+  _, expected_grads = value_and_grads(sliced)
+  for grad, expected_grad in zip(grads, expected_grads):
+    largest = max(np.abs(np.asarray(expected_grad)).max(), 1.0)
+    np.testing.assert_allclose(grad / largest, expected_grad / largest,
+                               atol=2e-5)
+
+
 def test_under_vmap_and_pmap_and_in_bfloat16():
   q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 4, 21, 2, 8))
   batched = jax.vmap(cpu_attention.attention)(q, k, v)

@@ -1,5 +1,6 @@
 """The CPU GELU kernels compute jax.nn.gelu's tanh approximation of x + bias
-and its gradients, DenseGelu is Dense then GELU, and both give way to JAX's GELU where they do not apply."""
+and its gradients, DenseGelu is Dense then GELU, and both give way to JAX's
+GELU where they do not apply."""
 
 import flax.linen as nn
 import jax

@@ -11,6 +11,8 @@ import jax.extend
 import jax.numpy as jnp
 
 from vivit_jax.models import blocked_attention
+from vivit_jax.models import cpu_attention
+from vivit_jax.models import cpu_kernels
 
 # Part of jit's cache keys, so that a function traced outside is traced anew.
 _XLA_ATTENTION = jax.make_user_context(default_value=False)
@@ -58,6 +60,32 @@ def dot_product_attention(query, key, value, *, dropout_rng=None,
       return jax.nn.dot_product_attention(query, key, value,
                                           implementation='cudnn')
   return jax.nn.dot_product_attention(query, key, value)
+
+
+def self_attention(qkv: jnp.ndarray, bias: jnp.ndarray,
+                   attention_fn=dot_product_attention, **kwargs) -> jnp.ndarray:
+  """`attention_fn(q, k, v, **kwargs)` of (q, k, v) = qkv + bias, split on
+  qkv's slot axis.
+
+  With `dot_product_attention` and no attention dropout, CPUs run the fused
+  kernel on qkv as it lies (`cpu_attention.self_attention`), which writes
+  qkv's gradient as one array.
+
+  Args:
+    qkv: (batch, N, 3, heads, head_dim), the QKV projection before its bias.
+    bias: (3, heads, head_dim).
+
+  Returns:
+    (batch, N, heads, head_dim).
+  """
+  dropout = kwargs.get('dropout_rate', 0.0) > 0.0 and not kwargs.get(
+      'deterministic', True)
+  if (attention_fn is dot_product_attention and not dropout
+      and not _XLA_ATTENTION.value and jax.default_backend() == 'cpu'
+      and cpu_kernels.available()):
+    return cpu_attention.self_attention(qkv, bias)
+  biased = qkv + bias
+  return attention_fn(*(biased[..., i, :, :] for i in range(3)), **kwargs)
 
 
 def factorized_dot_product_attention(query, key, value, *, temporal_dims: int,

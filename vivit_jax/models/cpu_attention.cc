@@ -17,7 +17,11 @@
 // heads-first layout are needed around the kernel.
 // Forward: q, k, v, attribute scale (1/sqrt(head_dim) for softmax(scale q
 // k^T) v) -> out (same shape), lse (..., N, heads; in base 2, see kLog2E).
-// Backward: q, k, v, out, lse, d_out, scale -> dq, dk, dv.
+// Backward: q, k, v, out, lse, d_out, scale -> dq, dk, dv. Packed backward
+// (self-attention's projection (..., N, 3, heads, head_dim) sliced into q,
+// k, v): the same arguments -> their gradient in one (..., N, 3, heads,
+// head_dim) array, and its sums over each item's N rows (items, 3, heads,
+// head_dim), which the caller adds for the projection bias's gradient.
 
 #include <algorithm>
 #include <cstdint>
@@ -107,8 +111,10 @@ void Transpose(const Head& h, int64_t heads, const float* x, float* xt) {
   }
 }
 
-// xt (heads, d, padded) -> x (n rows, stride apart), as Transpose reads it.
-void TransposeBack(const Head& h, int64_t heads, const float* xt, float* x) {
+// xt (heads, d, padded) -> x (n rows, `stride` apart), as Transpose reads
+// it.
+void TransposeBack(const Head& h, int64_t heads, const float* xt,
+                   int64_t stride, float* x) {
   const int64_t columns = heads * h.d, blocked = columns / kLanes * kLanes;
   for (int64_t j = 0; j < h.padded; j += kLanes) {
     const int64_t rows = std::min<int64_t>(kLanes, h.n - j);
@@ -118,11 +124,11 @@ void TransposeBack(const Head& h, int64_t heads, const float* xt, float* x) {
         block[i] = Load(xt + (c + i) * h.padded + j);
       Transpose16(block);
       for (int i = 0; i < rows; ++i)
-        StoreUnaligned(x + (j + i) * h.stride + c, block[i]);
+        StoreUnaligned(x + (j + i) * stride + c, block[i]);
     }
     for (int64_t c = blocked; c < columns; ++c)
       for (int i = 0; i < rows; ++i)
-        x[(j + i) * h.stride + c] = xt[c * h.padded + j + i];
+        x[(j + i) * stride + c] = xt[c * h.padded + j + i];
   }
 }
 
@@ -163,13 +169,14 @@ inline Vec Masked(const Head& h, int64_t j, Vec s) {
              : Vec{} - std::numeric_limits<float>::infinity();
 }
 
-// out[r][c] = scale[r] * sum_j p[r][j] * bt[c][j]: p (R, padded), out R rows.
+// out[r][c] = scale[r] * sum_j p[r][j] * bt[c][j]: p (R, padded), out R rows
+// out_stride apart.
 // Two columns at a time, so that each p vector loaded serves both and
 // LaneSums reduces 2 R vectors at once (an odd last column is computed
 // twice).
 template <int R>
 void RowsTimesTransposed(const Head& h, const float* p, const float* bt,
-                         const float* scale, float* out) {
+                         const float* scale, float* out, int64_t out_stride) {
   for (int64_t c = 0; c < h.d; c += 2) {
     const int columns = h.d - c > 1 ? 2 : 1;
     const float* b0 = bt + c * h.padded;
@@ -187,7 +194,7 @@ void RowsTimesTransposed(const Head& h, const float* p, const float* bt,
     LaneSums<2 * R>(acc, sums);
     for (int k = 0; k < columns; ++k)
       for (int r = 0; r < R; ++r)
-        out[r * h.stride + c + k] = scale[r] * sums[k * R + r];
+        out[r * out_stride + c + k] = scale[r] * sums[k * R + r];
   }
 }
 
@@ -281,14 +288,14 @@ void ForwardRows(const Head& h, const float* q, const HeadScratch& w,
     inverse_total[r] = 1.0f / total[r];
     lse[r * h.lse_stride] = offset[r] + std::log2(total[r]);
   }
-  RowsTimesTransposed<R>(h, w.s, w.vt, inverse_total, out);
+  RowsTimesTransposed<R>(h, w.s, w.vt, inverse_total, out, h.stride);
 }
 
 // dq of rows [row, row + R); their terms of dk and dv added to w.dkt, w.dvt.
 template <int R>
 void BackwardRows(const Head& h, const float* q, const float* out,
                   const float* lse, const float* d_out,
-                  const HeadScratch& w, float* dq) {
+                  const HeadScratch& w, float* dq, int64_t dq_stride) {
   float row_lse[R], delta[R], q_scale[R];
   for (int r = 0; r < R; ++r) {
     row_lse[r] = lse[r * h.lse_stride];
@@ -305,7 +312,7 @@ void BackwardRows(const Head& h, const float* q, const float* out,
   RowsTimes<R>(h, w.bt, w.vt, w.ds, [&](int r, int64_t j, Vec dp) {
     return Load(w.s + r * h.padded + j) * (dp - delta[r]);  // dS
   });
-  RowsTimesTransposed<R>(h, w.ds, w.kt, q_scale, dq);
+  RowsTimesTransposed<R>(h, w.ds, w.kt, q_scale, dq, dq_stride);
   AccumulateOuter<R>(h, w.at, w.ds, w.dkt);
   AccumulateOuter<R>(h, w.bt, w.s, w.dvt);
 }
@@ -341,10 +348,10 @@ template <int R>
 struct BackwardGroup {
   static void Run(int64_t row, const Head& h, const float* q,
                   const float* out, const float* lse, const float* d_out,
-                  const HeadScratch& w, float* dq) {
+                  const HeadScratch& w, float* dq, int64_t dq_stride) {
     const int64_t at = row * h.stride;
     BackwardRows<R>(h, q + at, out + at, lse + row * h.lse_stride,
-                    d_out + at, w, dq + at);
+                    d_out + at, w, dq + row * dq_stride, dq_stride);
   }
 };
 
@@ -368,9 +375,10 @@ struct Layout {
     heads_per_task = items >= 4 * threads && bytes <= (1 << 20) ? per_item : 1;
     tasks = items * per_item / heads_per_task;
   }
-  int64_t offset(int64_t task) const {
+  // In arrays whose rows are `stride` floats apart.
+  int64_t offset(int64_t task, int64_t stride) const {
     const int64_t i = task * heads_per_task;
-    return (i / per_item) * head.n * head.stride + (i % per_item) * head.d;
+    return (i / per_item) * head.n * stride + (i % per_item) * head.d;
   }
   int64_t lse_offset(int64_t task) const {
     const int64_t i = task * heads_per_task;
@@ -404,7 +412,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
               *v_data = v.typed_data();
   float *out_data = out->typed_data(), *lse_data = lse->typed_data();
   ForEachTask(pool, layout, [=](Scratch& w, int64_t task) {
-    const int64_t at = layout.offset(task), heads = layout.heads_per_task;
+    const int64_t at = layout.offset(task, h.stride);
+    const int64_t heads = layout.heads_per_task;
     Transpose(h, heads, k_data + at, w.kt.get());
     Transpose(h, heads, v_data + at, w.vt.get());
     for (int64_t i = 0; i < heads; ++i) {
@@ -417,22 +426,43 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
-                    ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                    ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
-                    ffi::Buffer<ffi::F32> d_out, float scale,
-                    ffi::ResultBuffer<ffi::F32> dq,
-                    ffi::ResultBuffer<ffi::F32> dk,
-                    ffi::ResultBuffer<ffi::F32> dv) {
+// Where the backward pass writes dq, dk and dv: three arrays shaped as q,
+// or (packed) one (..., N, 3, heads, d) array at dq, with their sums over
+// each item's rows, (items, 3, heads, d), at sums.
+struct Gradients {
+  float *dq, *dk, *dv, *sums;
+  bool packed;
+};
+
+// sums[c] = sum over x's n rows (stride apart) of x[j][c], c < columns.
+void ColumnSums(int64_t n, int64_t columns, const float* x, int64_t stride,
+                float* sums) {
+  std::fill(sums, sums + columns, 0.0f);
+  for (int64_t j = 0; j < n; ++j)
+    for (int64_t c = 0; c < columns; ++c) sums[c] += x[j * stride + c];
+}
+
+ffi::Error BackwardInto(ffi::ThreadPool& pool, const ffi::Buffer<ffi::F32>& q,
+                        const ffi::Buffer<ffi::F32>& k,
+                        const ffi::Buffer<ffi::F32>& v,
+                        const ffi::Buffer<ffi::F32>& out,
+                        const ffi::Buffer<ffi::F32>& lse,
+                        const ffi::Buffer<ffi::F32>& d_out, float scale,
+                        Gradients g) {
   const Layout layout(q, scale, pool.num_threads());
   const Head h = layout.head;
   const float *q_data = q.typed_data(), *k_data = k.typed_data(),
               *v_data = v.typed_data(), *out_data = out.typed_data(),
               *lse_data = lse.typed_data(), *d_out_data = d_out.typed_data();
-  float *dq_data = dq->typed_data(), *dk_data = dk->typed_data(),
-        *dv_data = dv->typed_data();
+  const int64_t g_stride = g.packed ? 3 * h.stride : h.stride;
+  if (g.packed) {
+    g.dk = g.dq + h.stride;
+    g.dv = g.dq + 2 * h.stride;
+  }
   ForEachTask(pool, layout, [=](Scratch& w, int64_t task) {
-    const int64_t at = layout.offset(task), heads = layout.heads_per_task;
+    const int64_t at = layout.offset(task, h.stride);
+    const int64_t g_at = layout.offset(task, g_stride);
+    const int64_t heads = layout.heads_per_task;
     Transpose(h, heads, k_data + at, w.kt.get());
     Transpose(h, heads, v_data + at, w.vt.get());
     std::fill(w.dkt.get(), w.dkt.get() + heads * w.size, 0.0f);
@@ -442,12 +472,44 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
       OverRowGroups<BackwardGroup>(
           h.n, h, q_data + head_at, out_data + head_at,
           lse_data + layout.lse_offset(task) + i, d_out_data + head_at,
-          w.ForHead(i), dq_data + head_at);
+          w.ForHead(i), g.dq + g_at + i * h.d, g_stride);
     }
-    TransposeBack(h, heads, w.dkt.get(), dk_data + at);
-    TransposeBack(h, heads, w.dvt.get(), dv_data + at);
+    TransposeBack(h, heads, w.dkt.get(), g_stride, g.dk + g_at);
+    TransposeBack(h, heads, w.dvt.get(), g_stride, g.dv + g_at);
+    if (!g.sums) return;
+    const int64_t first = task * heads, item = first / layout.per_item;
+    float* sums =
+        g.sums + item * 3 * h.stride + (first % layout.per_item) * h.d;
+    const float* slots[3] = {g.dq, g.dk, g.dv};
+    for (int slot = 0; slot < 3; ++slot)
+      ColumnSums(h.n, heads * h.d, slots[slot] + g_at, g_stride,
+                 sums + slot * h.stride);
   });
   return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                    ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                    ffi::Buffer<ffi::F32> out, ffi::Buffer<ffi::F32> lse,
+                    ffi::Buffer<ffi::F32> d_out, float scale,
+                    ffi::ResultBuffer<ffi::F32> dq,
+                    ffi::ResultBuffer<ffi::F32> dk,
+                    ffi::ResultBuffer<ffi::F32> dv) {
+  return BackwardInto(pool, q, k, v, out, lse, d_out, scale,
+                      {dq->typed_data(), dk->typed_data(), dv->typed_data(),
+                       nullptr, false});
+}
+
+ffi::Error BackwardPacked(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q,
+                          ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                          ffi::Buffer<ffi::F32> out,
+                          ffi::Buffer<ffi::F32> lse,
+                          ffi::Buffer<ffi::F32> d_out, float scale,
+                          ffi::ResultBuffer<ffi::F32> d_qkv,
+                          ffi::ResultBuffer<ffi::F32> sums) {
+  return BackwardInto(pool, q, k, v, out, lse, d_out, scale,
+                      {d_qkv->typed_data(), nullptr, nullptr,
+                       sums->typed_data(), true});
 }
 
 }  // namespace
@@ -474,5 +536,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionBackward, vivit_jax::Backward,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Attr<float>("scale")
                                   .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitAttentionBackwardPacked,
+                              vivit_jax::BackwardPacked,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());

@@ -59,3 +59,47 @@ def attention(query: jnp.ndarray, key: jnp.ndarray,
   out = _attend(*(x.astype(jnp.float32) for x in (query, key, value)),
                 query.shape[-1]**-0.5)
   return out.astype(query.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _self_attend(qkv, bias, scale):
+  return _self_attend_forward(qkv, bias, scale)[0]
+
+
+def _self_attend_forward(qkv, bias, scale):
+  biased = qkv + bias
+  q, k, v = (biased[..., i, :, :] for i in range(3))
+  return _attend_forward(q, k, v, scale)
+
+
+def _self_attend_backward(scale, residuals, d_out):
+  q = residuals[0]
+  items = (int(np.prod(q.shape[:-3])),)
+  d_qkv, sums = jax.ffi.ffi_call(
+      cpu_kernels.ATTENTION_BACKWARD_PACKED,
+      (cpu_kernels.like(q, (*q.shape[:-2], 3, *q.shape[-2:])),
+       cpu_kernels.like(q, (*items, 3, *q.shape[-2:]))),
+      vmap_method='broadcast_all')(*residuals, d_out,
+                                   scale=np.float32(scale))
+  return d_qkv, sums.sum(0)
+
+
+_self_attend.defvjp(_self_attend_forward, _self_attend_backward)
+
+
+def self_attention(qkv: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
+  """`attention(q, k, v)` of (q, k, v) = qkv + bias split on its slot axis,
+  where `cpu_kernels.available()`, in float32: the kernel writes the
+  gradient of qkv as one array and sums it for the bias's.
+
+  Args:
+    qkv: (..., N, 3, heads, head_dim), the projection before its bias.
+    bias: (3, heads, head_dim).
+
+  Returns:
+    (..., N, heads, head_dim), in qkv's dtype.
+  """
+  cpu_kernels.require('blocked_attention.dot_product_attention')
+  out = _self_attend(qkv.astype(jnp.float32), bias.astype(jnp.float32),
+                     qkv.shape[-1]**-0.5)
+  return out.astype(qkv.dtype)

@@ -38,6 +38,7 @@ _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
 # FFI target name -> the handler's symbol in the library.
 ATTENTION_FORWARD = 'vivit_attention_forward'
 ATTENTION_BACKWARD = 'vivit_attention_backward'
+ATTENTION_BACKWARD_PACKED = 'vivit_attention_backward_packed'
 CONV_FORWARD = 'vivit_conv_forward'
 CONV_WEIGHT_GRAD = 'vivit_conv_weight_grad'
 BATCH_NORM_POOL_FORWARD = 'vivit_batch_norm_pool_forward'
@@ -48,6 +49,7 @@ GELU_FORWARD = 'vivit_gelu_forward'
 GELU_BACKWARD = 'vivit_gelu_backward'
 _TARGETS = {ATTENTION_FORWARD: 'VivitAttentionForward',
             ATTENTION_BACKWARD: 'VivitAttentionBackward',
+            ATTENTION_BACKWARD_PACKED: 'VivitAttentionBackwardPacked',
             CONV_FORWARD: 'VivitConvForward',
             CONV_WEIGHT_GRAD: 'VivitConvWeightGrad',
             BATCH_NORM_POOL_FORWARD: 'VivitBatchNormPoolForward',

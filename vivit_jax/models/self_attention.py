@@ -88,13 +88,12 @@ class MultiHeadSelfAttention(nn.Module):
     kernel = jnp.stack([wq, wk, wv], axis=1)  # (d, 3, heads, head_dim)
     bias = jnp.stack([bq, bk, bv])  # (3, heads, head_dim)
     qkv = (rows @ kernel.reshape(d, 3 * d)).reshape(*tokens, 3, heads,
-                                                     head_dim) + bias
-    q, k, v = (qkv[..., i, :, :] for i in range(3))
+                                                     head_dim)
     kwargs = dict(dtype=self.dtype)  # Flax passes these; see its module.
     if self.dropout_rate > 0.0:
       kwargs.update(dropout_rate=self.dropout_rate,
                     deterministic=deterministic,
                     dropout_rng=(None if deterministic
                                  else self.make_rng('dropout')))
-    y = self.attention_fn(q, k, v, **kwargs)
+    y = attention.self_attention(qkv, bias, self.attention_fn, **kwargs)
     return (y.reshape(-1, d) @ wo.reshape(d, d)).reshape(*tokens, d) + bo
