@@ -1,10 +1,12 @@
-// Reductions and the exponential of float vectors, for the fused CPU kernels.
+// Reductions, the exponential and a 16 x 16 transpose of float vectors, for
+// the fused CPU kernels.
 
 #ifndef VIVIT_JAX_MODELS_CPU_VECTOR_MATH_H_
 #define VIVIT_JAX_MODELS_CPU_VECTOR_MATH_H_
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -65,6 +67,29 @@ inline Vec Sums16(const Vec* x) {
                                  22, 24, 26, 28, 30) +
          __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21,
                                  23, 25, 27, 29, 31);
+}
+
+// Swaps bit H of the row and column indices of 16 rows of 16 floats: one
+// of the four stages of a 16 x 16 transpose.
+template <int H, int... C>
+void TransposeStage(Vec* rows, std::integer_sequence<int, C...>) {
+  for (int i = 0; i < kLanes; ++i) {
+    if (i & H) continue;
+    const Vec a = rows[i], b = rows[i + H];
+    rows[i] = __builtin_shufflevector(a, b, ((C & H) ? kLanes + C - H : C)...);
+    rows[i + H] =
+        __builtin_shufflevector(a, b, ((C & H) ? kLanes + C : C + H)...);
+  }
+}
+
+// rows[i][c] <- rows[c][i].
+inline void Transpose16(Vec* rows) {
+  static_assert(kLanes == 16, "Transpose16 takes 16 lanes");
+  const auto lanes = std::make_integer_sequence<int, kLanes>();
+  TransposeStage<1>(rows, lanes);
+  TransposeStage<2>(rows, lanes);
+  TransposeStage<4>(rows, lanes);
+  TransposeStage<8>(rows, lanes);
 }
 
 // sums[i] = Sum(x[i]) for i < N.
