@@ -45,6 +45,33 @@ def test_equals_flax_layer_norm_and_its_gradients(shape, mean):
     np.testing.assert_allclose(got / largest, expected / largest, atol=2e-5)
 
 
+@pytest.mark.parametrize('shape', [(16, 343, 64), (3, 19)])
+def test_passing_the_input_adds_its_other_gradient(shape):
+  """(x, LayerNorm(x)), x also feeding a residual branch: the kernel adds
+  that branch's gradient into dx; outputs and gradients are Flax's."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  weights = jax.random.normal(jax.random.key(3), (2, *shape))
+  module = cpu_layer_norm.LayerNorm()
+  variables = jax.tree.map(
+      lambda p: p + jax.random.normal(jax.random.key(2), p.shape),
+      module.init(jax.random.key(1), x))
+  fused = lambda v, x: module.apply(v, x, pass_input=True)
+  flax = lambda v, x: (x, nn.LayerNorm().apply(v, x))
+
+  def loss(v, x, passing):
+    through, y = passing(v, x)
+    return jnp.sum(weights[0] * jnp.sin(through) + weights[1] * y)
+
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
+  assert cpu_kernels.LAYER_NORM_BACKWARD_ADDING in grads.lower(
+      variables, x, fused).as_text()
+  for got, expected in zip(
+      jax.tree.leaves((fused(variables, x), grads(variables, x, fused))),
+      jax.tree.leaves((flax(variables, x), grads(variables, x, flax)))):
+    largest = max(np.abs(np.asarray(expected)).max(), 1.0)
+    np.testing.assert_allclose(got / largest, expected / largest, atol=2e-5)
+
+
 def test_keeps_flax_parameters_and_takes_flax_path_where_kernel_does_not():
   x = jax.random.normal(jax.random.key(0), (2, 6, 8))
   ours, theirs = cpu_layer_norm.LayerNorm(), nn.LayerNorm()

@@ -45,6 +45,7 @@ BATCH_NORM_POOL_FORWARD = 'vivit_batch_norm_pool_forward'
 BATCH_NORM_POOL_BACKWARD = 'vivit_batch_norm_pool_backward'
 LAYER_NORM_FORWARD = 'vivit_layer_norm_forward'
 LAYER_NORM_BACKWARD = 'vivit_layer_norm_backward'
+LAYER_NORM_BACKWARD_ADDING = 'vivit_layer_norm_backward_adding'
 GELU_FORWARD = 'vivit_gelu_forward'
 GELU_BACKWARD = 'vivit_gelu_backward'
 _TARGETS = {ATTENTION_FORWARD: 'VivitAttentionForward',
@@ -56,6 +57,7 @@ _TARGETS = {ATTENTION_FORWARD: 'VivitAttentionForward',
             BATCH_NORM_POOL_BACKWARD: 'VivitBatchNormPoolBackward',
             LAYER_NORM_FORWARD: 'VivitLayerNormForward',
             LAYER_NORM_BACKWARD: 'VivitLayerNormBackward',
+            LAYER_NORM_BACKWARD_ADDING: 'VivitLayerNormBackwardAdding',
             GELU_FORWARD: 'VivitGeluForward',
             GELU_BACKWARD: 'VivitGeluBackward'}
 

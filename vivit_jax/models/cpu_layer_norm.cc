@@ -8,7 +8,10 @@
 // Forward: x (rows, width), scale, bias (width) -> y (rows, width), mean and
 // rstd (rows): y = (x - mean) rstd scale + bias, rstd = 1 / sqrt(var +
 // epsilon), var = mean((x - mean)^2).
-// Backward: x, scale, mean, rstd, dy -> dx (rows, width), and the sums of
+// Backward: x, scale, mean, rstd, dy [, dx_elsewhere] -> dx (rows, width)
+// (plus dx_elsewhere, the gradient x gets from its other uses, a residual
+// connection's, where given: one pass instead of a separate sum), and the
+// sums of
 // dy x_hat and of dy (dscale, dbias) over each of kBlocks blocks of rows
 // (kBlocks, width), which the caller adds: blocks are fixed, whichever
 // thread takes them, so the sums do not depend on the threads.
@@ -95,14 +98,15 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
   return ffi::Error::Success();
 }
 
-ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
-                    ffi::Buffer<ffi::F32> scale_buffer,
-                    ffi::Buffer<ffi::F32> mean_buffer,
-                    ffi::Buffer<ffi::F32> rstd_buffer,
-                    ffi::Buffer<ffi::F32> dy_buffer,
-                    ffi::ResultBuffer<ffi::F32> dx_buffer,
-                    ffi::ResultBuffer<ffi::F32> dscale_buffer,
-                    ffi::ResultBuffer<ffi::F32> dbias_buffer) {
+ffi::Error BackwardWith(const float* all_dx_elsewhere, ffi::ThreadPool& pool,
+                        const ffi::Buffer<ffi::F32>& x_buffer,
+                        const ffi::Buffer<ffi::F32>& scale_buffer,
+                        const ffi::Buffer<ffi::F32>& mean_buffer,
+                        const ffi::Buffer<ffi::F32>& rstd_buffer,
+                        const ffi::Buffer<ffi::F32>& dy_buffer,
+                        ffi::ResultBuffer<ffi::F32>& dx_buffer,
+                        ffi::ResultBuffer<ffi::F32>& dscale_buffer,
+                        ffi::ResultBuffer<ffi::F32>& dbias_buffer) {
   const Rows rows(x_buffer);
   const float *all_x = x_buffer.typed_data(),
               *scale = scale_buffer.typed_data(),
@@ -124,6 +128,8 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
         const float *x = all_x + row * rows.width,
                     *dy = all_dy + row * rows.width;
         float* dx = all_dx + row * rows.width;
+        const float* elsewhere =
+            all_dx_elsewhere ? all_dx_elsewhere + row * rows.width : nullptr;
         const float mean = means[row], rstd = rstds[row];
         const auto x_hat = [=](int64_t i) {
           return (LoadUnaligned(x + i) - mean) * rstd;
@@ -138,13 +144,16 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
             [=](int64_t i) { return dy[i] * scale[i] * (x[i] - mean) * rstd; });
         for (int64_t i = 0; i < rows.vectors; i += kLanes) {
           const Vec xh = x_hat(i), dyi = LoadUnaligned(dy + i);
-          StoreUnaligned(dx + i, rstd * (g(i) - g_mean - xh * gx_mean));
+          const Vec dxi = rstd * (g(i) - g_mean - xh * gx_mean);
+          StoreUnaligned(dx + i,
+                         elsewhere ? dxi + LoadUnaligned(elsewhere + i) : dxi);
           StoreUnaligned(dscale + i, LoadUnaligned(dscale + i) + dyi * xh);
           StoreUnaligned(dbias + i, LoadUnaligned(dbias + i) + dyi);
         }
         for (int64_t i = rows.vectors; i < rows.width; ++i) {
           const float xh = (x[i] - mean) * rstd;
-          dx[i] = rstd * (dy[i] * scale[i] - g_mean - xh * gx_mean);
+          dx[i] = rstd * (dy[i] * scale[i] - g_mean - xh * gx_mean) +
+                  (elsewhere ? elsewhere[i] : 0.0f);
           dscale[i] += dy[i] * xh;
           dbias[i] += dy[i];
         }
@@ -152,6 +161,26 @@ ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
     };
   });
   return ffi::Error::Success();
+}
+
+ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                    ffi::Buffer<ffi::F32> scale, ffi::Buffer<ffi::F32> mean,
+                    ffi::Buffer<ffi::F32> rstd, ffi::Buffer<ffi::F32> dy,
+                    ffi::ResultBuffer<ffi::F32> dx,
+                    ffi::ResultBuffer<ffi::F32> dscale,
+                    ffi::ResultBuffer<ffi::F32> dbias) {
+  return BackwardWith(nullptr, pool, x, scale, mean, rstd, dy, dx, dscale,
+                      dbias);
+}
+
+ffi::Error BackwardAdding(
+    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+    ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> rstd,
+    ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> dx_elsewhere,
+    ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale,
+    ffi::ResultBuffer<ffi::F32> dbias) {
+  return BackwardWith(dx_elsewhere.typed_data(), pool, x, scale, mean, rstd,
+                      dy, dx, dscale, dbias);
 }
 
 }  // namespace
@@ -171,6 +200,20 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitLayerNormForward, vivit_jax::Forward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitLayerNormBackward, vivit_jax::Backward,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(VivitLayerNormBackwardAdding,
+                              vivit_jax::BackwardAdding,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

@@ -65,18 +65,55 @@ def _backward(epsilon, residuals, dy):
 layer_norm.defvjp(_forward, _backward)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm_passing_input(x: jnp.ndarray, scale: jnp.ndarray,
+                             bias: jnp.ndarray, epsilon: float
+                             ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(x, layer_norm(x, scale, bias, epsilon)): x passes through, so that the
+  gradient it gets from its other uses (a residual connection) arrives here
+  and the backward kernel adds it to the LayerNorm's in the same pass."""
+  return _passing_forward(x, scale, bias, epsilon)[0]
+
+
+def _passing_forward(x, scale, bias, epsilon):
+  y, residuals = _forward(x, scale, bias, epsilon)
+  return (x, y), residuals
+
+
+def _passing_backward(epsilon, residuals, cotangents):
+  del epsilon  # In rstd.
+  dx_elsewhere, dy = cotangents
+  x = residuals[0]
+  blocks = (_BLOCKS, x.shape[-1])
+  dx, dscale, dbias = jax.ffi.ffi_call(
+      cpu_kernels.LAYER_NORM_BACKWARD_ADDING,
+      (cpu_kernels.like(x), cpu_kernels.like(x, blocks),
+       cpu_kernels.like(x, blocks)),
+      vmap_method='sequential')(*residuals, dy, dx_elsewhere)
+  return dx, dscale.sum(0), dbias.sum(0)
+
+
+layer_norm_passing_input.defvjp(_passing_forward, _passing_backward)
+
+
 class LayerNorm(nn.LayerNorm):
   """Flax's `nn.LayerNorm`, through `layer_norm` where the module docstring
   says: the same parameters (`scale`, `bias`) and outputs to float32
   rounding."""
 
   @nn.compact
-  def __call__(self, x, *, mask=None):
+  def __call__(self, x, *, mask=None, pass_input=False):
+    """LayerNorm(x), or (x, LayerNorm(x)) with `pass_input`: x passed
+    through for a residual connection, whose gradient the kernel then adds
+    (`layer_norm_passing_input`)."""
     if not (mask is None and self._kernel_computes_it(x)):
-      return super().__call__(x, mask=mask)
+      y = super().__call__(x, mask=mask)
+      return (x, y) if pass_input else y
     features = (x.shape[-1],)
     scale = self.param('scale', self.scale_init, features, self.param_dtype)
     bias = self.param('bias', self.bias_init, features, self.param_dtype)
+    if pass_input:
+      return layer_norm_passing_input(x, scale, bias, self.epsilon)
     return layer_norm(x, scale, bias, self.epsilon)
 
   def _kernel_computes_it(self, x) -> bool:

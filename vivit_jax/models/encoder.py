@@ -107,14 +107,18 @@ class EncoderBlock(nn.Module):
   @nn.compact
   def __call__(self, z: jnp.ndarray, deterministic: bool) -> jnp.ndarray:
     """(batch, N, d) -> (batch, N, d)."""
-    x = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(z)
+    # z and y pass through their LayerNorms, whose kernels then add the
+    # residual connections' gradients.
+    z, x = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_0')(
+        z, pass_input=True)
     x = _self_attention(self.num_heads, self.dtype,
                         self.attention_dropout_rate, self.attention_fn,
                         'MultiHeadDotProductAttention_1')(
                             x, deterministic=deterministic)
     x = nn.Dropout(self.dropout_rate)(x, deterministic)
     y = StochasticDepth(self.droplayer_p)(x, deterministic) + z
-    x = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(y)
+    y, x = cpu_layer_norm.LayerNorm(dtype=self.dtype, name='LayerNorm_2')(
+        y, pass_input=True)
     x = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype,
                  name='MlpBlock_3')(x, deterministic)
     return StochasticDepth(self.droplayer_p)(x, deterministic) + y
