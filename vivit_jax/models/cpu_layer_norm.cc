@@ -11,9 +11,8 @@
 // Backward: x, scale, mean, rstd, dy [, dx_elsewhere] -> dx (rows, width)
 // (plus dx_elsewhere, the gradient x gets from its other uses, a residual
 // connection's, where given: one pass instead of a separate sum), and the
-// sums of
-// dy x_hat and of dy (dscale, dbias) over each of kBlocks blocks of rows
-// (kBlocks, width), which the caller adds: blocks are fixed, whichever
+// sums of dy x_hat and of dy (dscale, dbias) over each of kBlocks blocks of
+// rows (kBlocks, width), which the caller adds: blocks are fixed, whichever
 // thread takes them, so the sums do not depend on the threads.
 //   x_hat = (x - mean) rstd, g = dy scale,
 //   dx = rstd (g - mean(g) - x_hat mean(g x_hat)).
@@ -152,8 +151,8 @@ ffi::Error BackwardWith(const float* all_dx_elsewhere, ffi::ThreadPool& pool,
         }
         for (int64_t i = rows.vectors; i < rows.width; ++i) {
           const float xh = (x[i] - mean) * rstd;
-          dx[i] = rstd * (dy[i] * scale[i] - g_mean - xh * gx_mean) +
-                  (elsewhere ? elsewhere[i] : 0.0f);
+          dx[i] = rstd * (dy[i] * scale[i] - g_mean - xh * gx_mean);
+          if (elsewhere) dx[i] += elsewhere[i];
           dscale[i] += dy[i] * xh;
           dbias[i] += dy[i];
         }
