@@ -29,7 +29,6 @@ namespace {
 
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kCubic = 0.044715f;
-constexpr int64_t kBlocks = 32;  // Blocks of rows, the work items.
 
 // s = 1 / (1 + exp(-2 u)) for x.
 inline Vec Sigmoid2U(Vec x) {
@@ -47,18 +46,6 @@ inline Vec GeluGrad(Vec x, Vec dy) {
   const Vec u_slope = kSqrt2OverPi * (1.0f + 3.0f * kCubic * x2);
   return dy * (s + 2.0f * x * s * (1.0f - s) * u_slope);
 }
-
-// The rows of a (rows, width) array, split into kBlocks fixed blocks.
-struct Rows {
-  explicit Rows(const ffi::Buffer<ffi::F32>& x)
-      : width(x.dimensions().back()),
-        count(width ? x.element_count() / width : 0),
-        per_block((count + kBlocks - 1) / kBlocks) {}
-  int64_t first(int64_t block) const {
-    return std::min(count, block * per_block);
-  }
-  int64_t width, count, per_block;
-};
 
 // out[j] = f(v) for j in [0, width), v[k] the vector of in[k] at j, a
 // vector at a time, the last partial one through zero-padded copies; where
@@ -89,10 +76,10 @@ void Row(int64_t width, const float* const (&in)[N], float* out, float* sum,
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
                    ffi::Buffer<ffi::F32> bias_buffer,
                    ffi::ResultBuffer<ffi::F32> y_buffer) {
-  const Rows rows(x_buffer);
+  const RowBlocks rows(x_buffer);
   const float *x = x_buffer.typed_data(), *bias = bias_buffer.typed_data();
   float* y = y_buffer->typed_data();
-  ForEach(pool, kBlocks, [=] {
+  ForEach(pool, kRowBlocks, [=] {
     return [=](int64_t block) {
       for (int64_t i = rows.first(block); i < rows.first(block + 1); ++i) {
         const int64_t at = i * rows.width;
@@ -106,18 +93,18 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
 }
 
 // x, bias, dy -> dx = dy GELU'(x + bias), and the sums of dx over each
-// block of rows (kBlocks, width), which the caller adds for the bias's
+// block of rows (kRowBlocks, width), which the caller adds for the bias's
 // gradient: blocks are fixed, whichever thread takes them.
 ffi::Error Backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
                     ffi::Buffer<ffi::F32> bias_buffer,
                     ffi::Buffer<ffi::F32> dy_buffer,
                     ffi::ResultBuffer<ffi::F32> dx_buffer,
                     ffi::ResultBuffer<ffi::F32> dbias_buffer) {
-  const Rows rows(x_buffer);
+  const RowBlocks rows(x_buffer);
   const float *x = x_buffer.typed_data(), *bias = bias_buffer.typed_data(),
               *dy = dy_buffer.typed_data();
   float *dx = dx_buffer->typed_data(), *dbias = dbias_buffer->typed_data();
-  ForEach(pool, kBlocks, [=] {
+  ForEach(pool, kRowBlocks, [=] {
     return [=](int64_t block) {
       float* sum = dbias + block * rows.width;
       std::fill(sum, sum + rows.width, 0.0f);

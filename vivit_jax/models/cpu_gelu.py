@@ -17,8 +17,6 @@ from jax import lax
 
 from vivit_jax.models import cpu_kernels
 
-_BLOCKS = 32  # Blocks of rows whose bias gradients the kernel sums.
-
 
 @jax.custom_vjp
 def _tanh_gelu(x: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
@@ -35,7 +33,8 @@ def _tanh_gelu_backward(residuals, dy):
   x = residuals[0]
   dx, dbias = jax.ffi.ffi_call(
       cpu_kernels.GELU_BACKWARD,
-      (cpu_kernels.like(x), cpu_kernels.like(x, (_BLOCKS, x.shape[-1]))),
+      (cpu_kernels.like(x),
+       cpu_kernels.like(x, (cpu_kernels.ROW_BLOCKS, x.shape[-1]))),
       vmap_method='sequential')(*residuals, dy)
   return dx, dbias.sum(0)
 

@@ -35,6 +35,11 @@ _SOURCES = sorted(_DIRECTORY.glob('cpu_*.cc'))
 _HEADERS = sorted(_DIRECTORY.glob('cpu_*.h'))
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC')
 
+# Fixed blocks of rows whose sums (parameter gradients) the LayerNorm and GELU
+# kernels return, one row of sums per block, for the caller to add
+# (`kRowBlocks` in cpu_parallel.h).
+ROW_BLOCKS = 32
+
 # FFI target name -> the handler's symbol in the library.
 ATTENTION_FORWARD = 'vivit_attention_forward'
 ATTENTION_BACKWARD = 'vivit_attention_backward'

@@ -11,9 +11,9 @@
 // Backward: x, scale, mean, rstd, dy [, dx_elsewhere] -> dx (rows, width)
 // (plus dx_elsewhere, the gradient x gets from its other uses, a residual
 // connection's, where given: one pass instead of a separate sum), and the
-// sums of dy x_hat and of dy (dscale, dbias) over each of kBlocks blocks of
-// rows (kBlocks, width), which the caller adds: blocks are fixed, whichever
-// thread takes them, so the sums do not depend on the threads.
+// sums of dy x_hat and of dy (dscale, dbias) over each of kRowBlocks blocks
+// of rows (kRowBlocks, width), which the caller adds: blocks are fixed,
+// whichever thread takes them, so the sums do not depend on the threads.
 //   x_hat = (x - mean) rstd, g = dy scale,
 //   dx = rstd (g - mean(g) - x_hat mean(g x_hat)).
 
@@ -30,16 +30,12 @@ namespace ffi = xla::ffi;
 namespace vivit_jax {
 namespace {
 
-constexpr int64_t kBlocks = 32;
-
-// Rows of `width` floats: whole vectors, then single floats past the last.
-struct Rows {
+// Row blocks whose rows of `width` floats are taken as whole vectors, then
+// single floats past the last.
+struct Rows : RowBlocks {
   explicit Rows(const ffi::Buffer<ffi::F32>& x)
-      : width(x.dimensions().back()),
-        count(width ? x.element_count() / width : 0),
-        vectors(width / kLanes * kLanes),
-        per_block((count + kBlocks - 1) / kBlocks) {}
-  int64_t width, count, vectors, per_block;
+      : RowBlocks(x), vectors(width / kLanes * kLanes) {}
+  int64_t vectors;
 };
 
 // The sum of f(i) over a row, i the index of a vector or of a float.
@@ -66,10 +62,10 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x_buffer,
   float *all_y = y_buffer->typed_data(), *means = mean_buffer->typed_data(),
         *rstds = rstd_buffer->typed_data();
   const float inverse_width = 1.0f / rows.width;
-  ForEach(pool, kBlocks, [=] {
+  ForEach(pool, kRowBlocks, [=] {
     return [=](int64_t block) {
-      const int64_t end = std::min(rows.count, (block + 1) * rows.per_block);
-      for (int64_t row = block * rows.per_block; row < end; ++row) {
+      for (int64_t row = rows.first(block); row < rows.first(block + 1);
+           ++row) {
         const float* x = all_x + row * rows.width;
         float* y = all_y + row * rows.width;
         const float mean = inverse_width * SumOverRow(
@@ -116,14 +112,14 @@ ffi::Error BackwardWith(const float* all_dx_elsewhere, ffi::ThreadPool& pool,
         *all_dscale = dscale_buffer->typed_data(),
         *all_dbias = dbias_buffer->typed_data();
   const float inverse_width = 1.0f / rows.width;
-  ForEach(pool, kBlocks, [=] {
+  ForEach(pool, kRowBlocks, [=] {
     return [=](int64_t block) {
       float* dscale = all_dscale + block * rows.width;
       float* dbias = all_dbias + block * rows.width;
       std::fill(dscale, dscale + rows.width, 0.0f);
       std::fill(dbias, dbias + rows.width, 0.0f);
-      const int64_t end = std::min(rows.count, (block + 1) * rows.per_block);
-      for (int64_t row = block * rows.per_block; row < end; ++row) {
+      for (int64_t row = rows.first(block); row < rows.first(block + 1);
+           ++row) {
         const float *x = all_x + row * rows.width,
                     *dy = all_dy + row * rows.width;
         float* dx = all_dx + row * rows.width;

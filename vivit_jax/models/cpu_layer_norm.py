@@ -21,8 +21,6 @@ import numpy as np
 
 from vivit_jax.models import cpu_kernels
 
-_BLOCKS = 32  # Blocks of rows whose parameter gradients the kernel sums.
-
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x: jnp.ndarray, scale: jnp.ndarray, bias: jnp.ndarray,
@@ -53,7 +51,7 @@ def _forward(x, scale, bias, epsilon):
 def _backward(epsilon, residuals, dy):
   del epsilon  # In rstd.
   x, scale, mean, rstd = residuals
-  blocks = (_BLOCKS, x.shape[-1])
+  blocks = (cpu_kernels.ROW_BLOCKS, x.shape[-1])
   dx, dscale, dbias = jax.ffi.ffi_call(
       cpu_kernels.LAYER_NORM_BACKWARD,
       (cpu_kernels.like(x), cpu_kernels.like(x, blocks),
@@ -84,7 +82,7 @@ def _passing_backward(epsilon, residuals, cotangents):
   del epsilon  # In rstd.
   dx_elsewhere, dy = cotangents
   x = residuals[0]
-  blocks = (_BLOCKS, x.shape[-1])
+  blocks = (cpu_kernels.ROW_BLOCKS, x.shape[-1])
   dx, dscale, dbias = jax.ffi.ffi_call(
       cpu_kernels.LAYER_NORM_BACKWARD_ADDING,
       (cpu_kernels.like(x), cpu_kernels.like(x, blocks),

@@ -74,6 +74,23 @@ void ForEach(xla::ffi::ThreadPool& pool, int64_t count,
   state->done.wait(lock, [&] { return state->active.load() == 0; });
 }
 
+// The rows of a (..., width) array in kRowBlocks fixed blocks, the work
+// items of kernels that sum over rows (parameter gradients): a block's sum
+// does not depend on the thread that takes it. Rows [first(b), first(b + 1))
+// form block b.
+constexpr int64_t kRowBlocks = 32;
+
+struct RowBlocks {
+  explicit RowBlocks(const xla::ffi::Buffer<xla::ffi::F32>& x)
+      : width(x.dimensions().back()),
+        count(width ? x.element_count() / width : 0),
+        per_block((count + kRowBlocks - 1) / kRowBlocks) {}
+  int64_t first(int64_t block) const {
+    return std::min(count, block * per_block);
+  }
+  int64_t width, count, per_block;
+};
+
 }  // namespace vivit_jax
 
 #endif  // VIVIT_JAX_MODELS_CPU_PARALLEL_H_
