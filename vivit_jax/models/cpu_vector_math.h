@@ -36,37 +36,28 @@ inline float Sum(Vec x) {
   return (x4[0] + x4[2]) + (x4[1] + x4[3]);
 }
 
+// a's lanes, then b's, in groups of 2 W, each group's two halves added:
+// lane c of the result is lane c % W plus lane c % W + W of group c / W.
+template <int W, int... C>
+Vec AddHalves(Vec a, Vec b, std::integer_sequence<int, C...>) {
+  return __builtin_shufflevector(a, b, (2 * W * (C / W) + C % W)...) +
+         __builtin_shufflevector(a, b, (2 * W * (C / W) + W + C % W)...);
+}
+
 // The lane sums of 16 vectors as one vector, lane i being Sum(x[i]) bit for
 // bit (the same additions in the same order), each shuffle serving two
 // vectors: pairs are halved to 8 lanes each, those pairs to 4, then 2, 1.
 inline Vec Sums16(const Vec* x) {
-  Vec halves[8], quarters[4], eighths[2];
-  for (int i = 0; i < 8; ++i) {
-    const Vec a = x[2 * i], b = x[2 * i + 1];
-    halves[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17,
-                                        18, 19, 20, 21, 22, 23) +
-                __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15,
-                                        24, 25, 26, 27, 28, 29, 30, 31);
-  }
-  for (int i = 0; i < 4; ++i) {
-    const Vec a = halves[2 * i], b = halves[2 * i + 1];
-    quarters[i] = __builtin_shufflevector(a, b, 0, 1, 2, 3, 8, 9, 10, 11, 16,
-                                          17, 18, 19, 24, 25, 26, 27) +
-                  __builtin_shufflevector(a, b, 4, 5, 6, 7, 12, 13, 14, 15,
-                                          20, 21, 22, 23, 28, 29, 30, 31);
-  }
-  for (int i = 0; i < 2; ++i) {
-    const Vec a = quarters[2 * i], b = quarters[2 * i + 1];
-    eighths[i] = __builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13, 16,
-                                         17, 20, 21, 24, 25, 28, 29) +
-                 __builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15, 18,
-                                         19, 22, 23, 26, 27, 30, 31);
-  }
-  const Vec a = eighths[0], b = eighths[1];
-  return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20,
-                                 22, 24, 26, 28, 30) +
-         __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21,
-                                 23, 25, 27, 29, 31);
+  static_assert(kLanes == 16, "Sums16 takes 16 lanes");
+  const auto lanes = std::make_integer_sequence<int, kLanes>();
+  Vec v[8];
+  for (int i = 0; i < 8; ++i)
+    v[i] = AddHalves<8>(x[2 * i], x[2 * i + 1], lanes);
+  for (int i = 0; i < 4; ++i)
+    v[i] = AddHalves<4>(v[2 * i], v[2 * i + 1], lanes);
+  for (int i = 0; i < 2; ++i)
+    v[i] = AddHalves<2>(v[2 * i], v[2 * i + 1], lanes);
+  return AddHalves<1>(v[0], v[1], lanes);
 }
 
 // Swaps bit H of the row and column indices of 16 rows of 16 floats: one
