@@ -34,6 +34,7 @@
 #include <memory>
 
 #include "cpu_parallel.h"
+#include "cpu_register_blocks.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -41,20 +42,9 @@ namespace ffi = xla::ffi;
 namespace vivit_jax {
 namespace {
 
-constexpr int kFeatures = 2 * kLanes;
-// Register blocks: kPositions (or kColumns) x kFeatures accumulators, 24
-// of AVX-512's 32 vector registers, 12 of AVX2's 16.
-#if defined(__AVX512F__)
-constexpr int kPositions = 12;
-#else
-constexpr int kPositions = 3;
-#endif
-constexpr int kColumns = kPositions;
 // Fixed, not the thread count, so that the sums' order is too; enough
 // groups to keep 16 threads busy.
 constexpr int64_t kPlaneGroups = 32;
-// Floats per work item of the final sum over the groups.
-constexpr int64_t kSumChunk = 4096;
 
 struct Shape {
   Shape(const ffi::Buffer<ffi::F32>& x, const ffi::Buffer<ffi::F32>& packed)
@@ -123,17 +113,9 @@ struct WeightGradColumns {
                   float* grad) {
     Vec sum[C][2] = {};
     for (int64_t h = 0; h < s.out_h; ++h) {
-      const float* xs = x + (h + j) * s.in_w * s.channels;
-      const float* dys = dy + h * s.out_w * s.features;
-      for (int64_t w = 0; w < s.out_w; ++w) {
-        const Vec d0 = LoadUnaligned(dys + w * s.features);
-        const Vec d1 = LoadUnaligned(dys + w * s.features + kLanes);
-        for (int c = 0; c < C; ++c) {
-          const float v = xs[w * s.channels + c];
-          sum[c][0] += v * d0;
-          sum[c][1] += v * d1;
-        }
-      }
+      AddOuterProducts<C>(s.out_w, x + (h + j) * s.in_w * s.channels,
+                          s.channels, dy + h * s.out_w * s.features,
+                          s.features, sum);
     }
     for (int c = 0; c < C; ++c) {
       float* g = grad + c * kFeatures;
@@ -142,38 +124,6 @@ struct WeightGradColumns {
     }
   }
 };
-
-// Calls Run<n>::Run(args...) for n in [1, 12], n <= kPositions.
-template <template <int> class Run, typename... Args>
-void WithCount(int n, Args&&... args) {
-  static_assert(kPositions <= 12, "WithCount handles counts up to 12");
-  switch (n) {
-    case 12: Run<12>::Run(args...); break;
-    case 11: Run<11>::Run(args...); break;
-    case 10: Run<10>::Run(args...); break;
-    case 9: Run<9>::Run(args...); break;
-    case 8: Run<8>::Run(args...); break;
-    case 7: Run<7>::Run(args...); break;
-    case 6: Run<6>::Run(args...); break;
-    case 5: Run<5>::Run(args...); break;
-    case 4: Run<4>::Run(args...); break;
-    case 3: Run<3>::Run(args...); break;
-    case 2: Run<2>::Run(args...); break;
-    case 1: Run<1>::Run(args...); break;
-  }
-}
-
-// Splits [0, n) into the fewest chunks of at most `most`, of near-equal
-// sizes, calling chunk(start, size) for each.
-template <typename Chunk>
-void InChunks(int64_t n, int64_t most, Chunk chunk) {
-  const int64_t count = (n + most - 1) / most;
-  for (int64_t k = 0, start = 0; k < count; ++k) {
-    const int64_t size = (n - start) / (count - k);
-    chunk(start, size);
-    start += size;
-  }
-}
 
 struct ForwardRow {
   void operator()(int64_t row) const {
@@ -239,28 +189,6 @@ struct WeightGradGroup {
   float* sums;
 };
 
-// The sum over groups, in group order, of the groups' sums, for one chunk
-// of their floats, written to the kernel's and the bias's gradients.
-struct SumGroups {
-  void operator()(int64_t chunk) const {
-    const int64_t start = chunk * kSumChunk,
-                  end = std::min(start + kSumChunk, count);
-    float total[kSumChunk];
-    std::copy(sums + start, sums + end, total);
-    for (int64_t group = 1; group < groups; ++group) {
-      const float* part = sums + group * count;
-      for (int64_t k = start; k < end; ++k) total[k - start] += part[k];
-    }
-    for (int64_t k = start; k < end; ++k) {
-      (k < grad_floats ? grad[k] : bias_grad[k - grad_floats]) =
-          total[k - start];
-    }
-  }
-  const float* sums;
-  int64_t count, grad_floats, groups;
-  float *grad, *bias_grad;
-};
-
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                    ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> bias,
                    ffi::ResultBuffer<ffi::F32> y) {
@@ -285,7 +213,7 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   ForEach(pool, groups, [group] { return group; });
   const SumGroups sum{sums.get(), count, grad_floats, groups,
                       grad->typed_data(), bias_grad->typed_data()};
-  ForEach(pool, (count + kSumChunk - 1) / kSumChunk, [sum] { return sum; });
+  ForEach(pool, sum.chunks(), [sum] { return sum; });
   return ffi::Error::Success();
 }
 
