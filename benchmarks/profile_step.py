@@ -135,6 +135,9 @@ def _own_flops(instruction: dict, instructions: dict) -> float:
       return 2.0 * out * math.prod(operand_shapes[1][1:4])
     if target and target.group(1) == 'vivit_conv_weight_grad':
       return 2.0 * out * math.prod(operand_shapes[1][:4])
+    # The CPU dense kernel: x (..., K)^T dy (..., M).
+    if target and target.group(1) == 'vivit_dense_weight_grad':
+      return 2.0 * math.prod(operand_shapes[0]) * operand_shapes[1][-1]
   return 0.0
 
 
@@ -161,11 +164,13 @@ def describe(name: str, instructions: dict, computations: dict) -> dict:
   if kind == 'fusion':
     kind = f"fusion({', '.join(sorted(inner))})" if inner else 'fusion(loop)'
   op_name = re.search(r'op_name="([^"]*)"', instruction['attrs'])
+  target = re.search(r'custom_call_target="vivit_attention_',
+                     instruction['attrs'])
   return {'kind': kind, 'flops': flops,
-          'scope': _scope(op_name.group(1) if op_name else '')}
+          'scope': _scope(op_name.group(1) if op_name else '', bool(target))}
 
 
-def _scope(op_name: str) -> str:
+def _scope(op_name: str, attention_kernel: bool = False) -> str:
   """'jit(f)/transpose(jvp(ViViT))/Transformer/encoderblock_3/MlpBlock_3/...'
   -> 'bwd MlpBlock_3'."""
   direction = 'bwd' if 'transpose(' in op_name else 'fwd'
@@ -183,7 +188,7 @@ def _scope(op_name: str) -> str:
     # The softmax attention (the fused kernel's custom calls on CPUs, or the
     # XLA loops over blocks of heads) apart from the projections around it.
     scope += (' (softmax attention)'
-              if '/while/' in op_name or op_name.endswith('/ffi_call')
+              if '/while/' in op_name or attention_kernel
               else ' (projections)')
   return scope
 

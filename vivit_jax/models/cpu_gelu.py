@@ -13,8 +13,8 @@ by the kernel.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
+from vivit_jax.models import cpu_dense
 from vivit_jax.models import cpu_kernels
 
 
@@ -67,7 +67,8 @@ def gelu(x: jnp.ndarray, approximate: bool = True,
 
 class DenseGelu(nn.Dense):
   """`gelu(nn.Dense(...)(x), approximate)`: Dense's fields and parameters
-  (`kernel`, `bias`), the bias added by the GELU kernel where it runs."""
+  (`kernel`, `bias`), the bias added by the GELU kernel where it runs, the
+  kernel's gradient taken by `cpu_dense.dense`."""
   approximate: bool = True
 
   @nn.compact
@@ -76,7 +77,7 @@ class DenseGelu(nn.Dense):
     dtype = (jnp.result_type(inputs, self.param_dtype) if self.dtype is None
              else self.dtype)
     if not (self.use_bias and self.dot_general is None
-            and self.dot_general_cls is None
+            and self.dot_general_cls is None and self.precision is None
             and _kernel_computes(dtype, self.approximate)):
       return gelu(super().__call__(inputs), self.approximate)
     kernel = self.param('kernel', self.kernel_init,
@@ -85,6 +86,4 @@ class DenseGelu(nn.Dense):
                       self.param_dtype)
     inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias,
                                               dtype=self.dtype)
-    y = lax.dot_general(inputs, kernel, (((inputs.ndim - 1,), (0,)), ((), ())),
-                        precision=self.precision)
-    return gelu(y, self.approximate, bias)
+    return gelu(cpu_dense.dense(inputs, kernel), self.approximate, bias)

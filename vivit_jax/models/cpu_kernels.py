@@ -2,7 +2,8 @@
 
 XLA:CPU runs some of our models' ops far below the machine's peak:
 attention with small heads (`cpu_attention.cc`), convolutions with few
-channels (`cpu_conv.cc`), the passes of BatchNorm, ReLU and max pooling
+channels (`cpu_conv.cc`), the kernel gradients of dense layers
+(`cpu_dense.cc`), the passes of BatchNorm, ReLU and max pooling
 over a convolution's output (`cpu_batch_norm_pool.cc`), of LayerNorm
 (`cpu_layer_norm.cc`) and of GELU (`cpu_gelu.cc`);
 benchmarks/PROFILE.md has the measurements. These C++ sources compute the
@@ -46,6 +47,7 @@ ATTENTION_BACKWARD = 'vivit_attention_backward'
 ATTENTION_BACKWARD_PACKED = 'vivit_attention_backward_packed'
 CONV_FORWARD = 'vivit_conv_forward'
 CONV_WEIGHT_GRAD = 'vivit_conv_weight_grad'
+DENSE_WEIGHT_GRAD = 'vivit_dense_weight_grad'
 BATCH_NORM_POOL_FORWARD = 'vivit_batch_norm_pool_forward'
 BATCH_NORM_POOL_BACKWARD = 'vivit_batch_norm_pool_backward'
 LAYER_NORM_FORWARD = 'vivit_layer_norm_forward'
@@ -58,6 +60,7 @@ _TARGETS = {ATTENTION_FORWARD: 'VivitAttentionForward',
             ATTENTION_BACKWARD_PACKED: 'VivitAttentionBackwardPacked',
             CONV_FORWARD: 'VivitConvForward',
             CONV_WEIGHT_GRAD: 'VivitConvWeightGrad',
+            DENSE_WEIGHT_GRAD: 'VivitDenseWeightGrad',
             BATCH_NORM_POOL_FORWARD: 'VivitBatchNormPoolForward',
             BATCH_NORM_POOL_BACKWARD: 'VivitBatchNormPoolBackward',
             LAYER_NORM_FORWARD: 'VivitLayerNormForward',

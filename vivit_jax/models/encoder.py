@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from vivit_jax.models import attention
+from vivit_jax.models import cpu_dense
 from vivit_jax.models import cpu_gelu
 from vivit_jax.models import cpu_layer_norm
 from vivit_jax.models import embedding
@@ -75,8 +76,8 @@ class MlpBlock(nn.Module):
         self.mlp_dim, approximate=self.gelu_approximate, dtype=self.dtype,
         name='Dense_0', **initializers)(rows(x)))
     y = nn.Dropout(self.dropout_rate)(y, deterministic)
-    y = unrows(nn.Dense(x.shape[-1], dtype=self.dtype, name='Dense_1',
-                        **initializers)(rows(y)))
+    y = unrows(cpu_dense.Dense(x.shape[-1], dtype=self.dtype, name='Dense_1',
+                               **initializers)(rows(y)))
     return nn.Dropout(self.dropout_rate)(y, deterministic)
 
 

@@ -6,7 +6,8 @@ computes for self-attention, with the same parameters: `query`, `key`,
 (kernel (heads, head_dim, d), bias (d,)), initialised with the same values.
 At call time the three input kernels are concatenated into one (d, 3, heads,
 head_dim) kernel, so one matmul of width 3d projects the tokens instead of
-three of width d. Its `attention_fn` gets (batch, N, heads, head_dim) arrays,
+three of width d (`cpu_dense.dense`, whose kernel gradient comes from the
+CPU kernel where models use the kernels). Its `attention_fn` gets (batch, N, heads, head_dim) arrays,
 as Flax's module gives it, dropout keys included; the default one's CPU kernel
 takes the projection as it lies instead (`attention.self_attention`).
 """
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vivit_jax.models import attention
+from vivit_jax.models import cpu_dense
 
 
 class _Projection(nn.Module):
@@ -88,8 +90,8 @@ class MultiHeadSelfAttention(nn.Module):
     rows = x.reshape(-1, d)
     kernel = jnp.stack([wq, wk, wv], axis=1)  # (d, 3, heads, head_dim)
     bias = jnp.stack([bq, bk, bv])  # (3, heads, head_dim)
-    qkv = (rows @ kernel.reshape(d, 3 * d)).reshape(*tokens, 3, heads,
-                                                     head_dim)
+    qkv = cpu_dense.dense(rows, kernel.reshape(d, 3 * d)).reshape(
+        *tokens, 3, heads, head_dim)
     kwargs = dict(dtype=self.dtype)  # Flax passes these; see its module.
     if self.dropout_rate > 0.0:
       kwargs.update(dropout_rate=self.dropout_rate,
@@ -97,4 +99,5 @@ class MultiHeadSelfAttention(nn.Module):
                     dropout_rng=(None if deterministic
                                  else self.make_rng('dropout')))
     y = attention.self_attention(qkv, bias, self.attention_fn, **kwargs)
-    return (y.reshape(-1, d) @ wo.reshape(d, d)).reshape(*tokens, d) + bo
+    return cpu_dense.dense(y.reshape(-1, d), wo.reshape(d, d),
+                           bo).reshape(*tokens, d)
