@@ -7,9 +7,10 @@ computes for self-attention, with the same parameters: `query`, `key`,
 At call time the three input kernels are concatenated into one (d, 3, heads,
 head_dim) kernel, so one matmul of width 3d projects the tokens instead of
 three of width d (`cpu_dense.dense`, whose kernel gradient comes from the
-CPU kernel where models use the kernels). Its `attention_fn` gets (batch, N, heads, head_dim) arrays,
-as Flax's module gives it, dropout keys included; the default one's CPU kernel
-takes the projection as it lies instead (`attention.self_attention`).
+CPU kernel where models use the kernels). Its `attention_fn` gets (batch,
+N, heads, head_dim) arrays, as Flax's module gives it, dropout keys
+included; the default one's CPU kernel takes the projection as it lies
+instead (`attention.self_attention`).
 """
 
 import functools
