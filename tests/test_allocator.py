@@ -1,5 +1,6 @@
 """`allocator.keep_freed_memory` stops freed buffers going back to the OS:
-allocating the same large buffer again faults no pages in."""
+allocating the same large buffer again faults no pages in; training from
+Python sets it as `run.py` does."""
 
 import platform
 import subprocess
@@ -8,6 +9,8 @@ import sys
 import pytest
 
 from tests.conftest import REPO
+from tests.conftest import tiny_config
+import vivit_jax
 from vivit_jax import allocator
 
 _SCRIPT = r'''
@@ -51,3 +54,14 @@ def test_freed_memory_is_reused_without_page_faults():
 def test_it_can_be_turned_off(monkeypatch):
   monkeypatch.setenv('VIVIT_JAX_KEEP_MEMORY', '0')
   assert not allocator.keep_freed_memory()
+
+
+def test_train_and_evaluate_sets_malloc_first(monkeypatch, tmp_path):
+  calls = []
+  monkeypatch.setattr(allocator, 'keep_freed_memory',
+                      lambda: calls.append('malloc set'))
+  config = tiny_config()
+  config.batch_size = 0
+  with pytest.raises(vivit_jax.ConfigError):
+    vivit_jax.train_and_evaluate(config, str(tmp_path / 'workdir'))
+  assert calls == ['malloc set']

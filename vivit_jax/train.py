@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from vivit_jax import allocator
 from vivit_jax import checkpoints
 from vivit_jax import data
 from vivit_jax import ensemble
@@ -60,7 +61,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
   that starts afresh first loads `config.init_from` and then runs
   `config.masked_pretraining` (`masked_modeling.pretrain`), if they are set.
   An ensemble (`config.ensemble_size` > 1) trains its members one after the
-  other (`vivit_jax.ensemble`), then evaluates their mean prediction.
+  other (`vivit_jax.ensemble`), then evaluates their mean prediction. Like
+  `run.py`, it first sets malloc to keep freed memory in the process
+  (`vivit_jax.allocator`; `VIVIT_JAX_KEEP_MEMORY=0` turns that off).
 
   Returns:
     The contents of `workdir/results.json`.
@@ -72,6 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
       full.
     TrainingStopped: a signal, or a non-finite loss.
   """
+  allocator.keep_freed_memory()
   logs.show_progress()
   spec = spec_lib.check_config(config, mode='train')
   for note in spec.notes:
