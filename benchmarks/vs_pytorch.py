@@ -20,14 +20,16 @@ PyTorch, ViViT), `cnn_jax_samples_per_s`, `cnn_torch_samples_per_s`,
 `cnn_ratio`, `keep_freed_memory`, `load_average_before`,
 `load_average_after`, `quiet`.
 
-By default both frameworks run with glibc's malloc as it comes, which hands
-large freed blocks back to the OS, so each step pages its buffers in anew;
-`--keep_freed_memory` sets malloc as `run.py` does (`vivit_jax.allocator`)
-for the whole process, both frameworks alike.
+By default malloc is set as vivit-jax trains (`run.py` and
+`train_and_evaluate` set it first: `vivit_jax.allocator`, freed memory kept
+in the process), for the whole process, both frameworks alike; PyTorch's
+steps gain from it too. `--nokeep_freed_memory` leaves glibc's malloc as it
+comes, which hands large freed blocks back to the OS, so each step pages its
+buffers in anew.
 
   pip install -e '.[bench]'   # PyTorch's CPU build.
   python -m benchmarks.vs_pytorch [--config=configs/termproject.py:vivit1]
-  python -m benchmarks.vs_pytorch --keep_freed_memory
+  python -m benchmarks.vs_pytorch --nokeep_freed_memory
 """
 
 import json
@@ -66,8 +68,9 @@ _ROUNDS = flags.DEFINE_integer('rounds', 5, 'Rounds of alternating steps.')
 _STEPS_PER_ROUND = flags.DEFINE_integer('steps_per_round', 4,
                                         'Timed steps of each per round.')
 _KEEP_FREED_MEMORY = flags.DEFINE_bool(
-    'keep_freed_memory', False,
-    'Set malloc as run.py does (vivit_jax.allocator), for both frameworks.')
+    'keep_freed_memory', True,
+    'Set malloc as vivit-jax trains (vivit_jax.allocator), for both '
+    'frameworks; --nokeep_freed_memory leaves it as it comes.')
 
 
 class EncoderBlock(nn.Module):
