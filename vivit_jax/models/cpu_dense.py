@@ -89,7 +89,7 @@ def dense(x: jnp.ndarray, kernel: jnp.ndarray,
     (..., M).
   """
   if not _kernel_computes(x, kernel, bias):
-    y = _matmul(x, kernel)
+    y = x @ kernel
     return y if bias is None else y + bias
   return _product(x, kernel) if bias is None else _affine(x, kernel, bias)
 
