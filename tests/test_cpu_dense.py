@@ -74,7 +74,7 @@ def test_without_bias():
       a, b, rtol=1e-5, atol=1e-5), (dx, d_kernel), reference)
 
 
-@pytest.mark.parametrize('features', [64, 40])  # Kernel; XLA (not 32 k).
+@pytest.mark.parametrize('features', [64, 40])  # The kernel; XLA's (40).
 def test_dense_is_flax_dense(features):
   x = jax.random.normal(jax.random.key(0), (2, 21, 24))
   fused = cpu_dense.Dense(features, bias_init=nn.initializers.normal(1.0))

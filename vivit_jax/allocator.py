@@ -15,9 +15,8 @@ the next step reuses them. The process then keeps its peak memory until it
 exits, and as the heap does not reuse every freed hole that peak is higher:
 by 38-113% in README's measurements, reached in the first 50-150 steps.
 `run.py` calls it first thing, and `train.train_and_evaluate` when it
-starts, for programs that train from Python (threads that allocated
-before keep their own arenas, in which blocks over 64 MB are still mapped
-anew);
+starts, for programs that train from Python (threads that allocated before
+keep their own arenas, in which blocks over 64 MB are still mapped anew);
 `VIVIT_JAX_KEEP_MEMORY=0` turns it off.
 """
 
