@@ -48,16 +48,22 @@ def _forward(x, scale, bias, epsilon):
   return y, (x, scale, mean, rstd)
 
 
-def _backward(epsilon, residuals, dy):
-  del epsilon  # In rstd.
-  x, scale, mean, rstd = residuals
+def _gradients(target, residuals, *cotangents):
+  """(dx, dscale, dbias) from the backward kernel `target`, called with the
+  forward pass's residuals (x, scale, mean, rstd) and `cotangents`."""
+  x = residuals[0]
   blocks = (cpu_kernels.ROW_BLOCKS, x.shape[-1])
   dx, dscale, dbias = jax.ffi.ffi_call(
-      cpu_kernels.LAYER_NORM_BACKWARD,
+      target,
       (cpu_kernels.like(x), cpu_kernels.like(x, blocks),
        cpu_kernels.like(x, blocks)),
-      vmap_method='sequential')(x, scale, mean, rstd, dy)
+      vmap_method='sequential')(*residuals, *cotangents)
   return dx, dscale.sum(0), dbias.sum(0)
+
+
+def _backward(epsilon, residuals, dy):
+  del epsilon  # In rstd.
+  return _gradients(cpu_kernels.LAYER_NORM_BACKWARD, residuals, dy)
 
 
 layer_norm.defvjp(_forward, _backward)
@@ -81,14 +87,8 @@ def _passing_forward(x, scale, bias, epsilon):
 def _passing_backward(epsilon, residuals, cotangents):
   del epsilon  # In rstd.
   dx_elsewhere, dy = cotangents
-  x = residuals[0]
-  blocks = (cpu_kernels.ROW_BLOCKS, x.shape[-1])
-  dx, dscale, dbias = jax.ffi.ffi_call(
-      cpu_kernels.LAYER_NORM_BACKWARD_ADDING,
-      (cpu_kernels.like(x), cpu_kernels.like(x, blocks),
-       cpu_kernels.like(x, blocks)),
-      vmap_method='sequential')(*residuals, dy, dx_elsewhere)
-  return dx, dscale.sum(0), dbias.sum(0)
+  return _gradients(cpu_kernels.LAYER_NORM_BACKWARD_ADDING, residuals, dy,
+                    dx_elsewhere)
 
 
 layer_norm_passing_input.defvjp(_passing_forward, _passing_backward)
