@@ -38,35 +38,22 @@ def _gradients(x, kernel, dy):
 
 
 @jax.custom_vjp
-def _product(x, kernel):
-  return _matmul(x, kernel)
+def _dense(x, kernel, bias):
+  y = _matmul(x, kernel)
+  return y if bias is None else y + bias
 
 
-def _product_forward(x, kernel):
-  return _matmul(x, kernel), (x, kernel)
+def _dense_forward(x, kernel, bias):
+  return _dense(x, kernel, bias), (x, kernel, bias)
 
 
-def _product_backward(residuals, dy):
-  return _gradients(*residuals, dy)[:2]
+def _dense_backward(residuals, dy):
+  x, kernel, bias = residuals
+  dx, d_kernel, d_bias = _gradients(x, kernel, dy)
+  return dx, d_kernel, None if bias is None else d_bias
 
 
-_product.defvjp(_product_forward, _product_backward)
-
-
-@jax.custom_vjp
-def _affine(x, kernel, bias):
-  return _matmul(x, kernel) + bias
-
-
-def _affine_forward(x, kernel, bias):
-  return _affine(x, kernel, bias), (x, kernel)
-
-
-def _affine_backward(residuals, dy):
-  return _gradients(*residuals, dy)
-
-
-_affine.defvjp(_affine_forward, _affine_backward)
+_dense.defvjp(_dense_forward, _dense_backward)
 
 
 def _kernel_computes(x, kernel, bias) -> bool:
@@ -91,7 +78,7 @@ def dense(x: jnp.ndarray, kernel: jnp.ndarray,
   if not _kernel_computes(x, kernel, bias):
     y = x @ kernel
     return y if bias is None else y + bias
-  return _product(x, kernel) if bias is None else _affine(x, kernel, bias)
+  return _dense(x, kernel, bias)
 
 
 class Dense(nn.Dense):
