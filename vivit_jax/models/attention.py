@@ -36,6 +36,13 @@ def _cudnn_supports(query: jnp.ndarray) -> bool:
           and head_dim % 8 == 0 and head_dim <= 128)
 
 
+def _on_cpu_path() -> bool:
+  """Whether attention without dropout takes the CPU path (the fused kernel
+  or `blocked_attention`'s loops): on the CPU backend, outside
+  `xla_attention()`."""
+  return not _XLA_ATTENTION.value and jax.default_backend() == 'cpu'
+
+
 def dot_product_attention(query, key, value, *, dropout_rng=None,
                           dropout_rate=0.0, deterministic=True, dtype=None,
                           precision=None):
@@ -53,12 +60,11 @@ def dot_product_attention(query, key, value, *, dropout_rng=None,
         query, key, value, dropout_rng=dropout_rng, dropout_rate=dropout_rate,
         broadcast_dropout=False, deterministic=False, dtype=dtype,
         precision=precision)
-  if not _XLA_ATTENTION.value:
-    if jax.default_backend() == 'cpu':
-      return blocked_attention.dot_product_attention(query, key, value)
-    if _cudnn_supports(query):
-      return jax.nn.dot_product_attention(query, key, value,
-                                          implementation='cudnn')
+  if _on_cpu_path():
+    return blocked_attention.dot_product_attention(query, key, value)
+  if not _XLA_ATTENTION.value and _cudnn_supports(query):
+    return jax.nn.dot_product_attention(query, key, value,
+                                        implementation='cudnn')
   return jax.nn.dot_product_attention(query, key, value)
 
 
@@ -81,8 +87,7 @@ def self_attention(qkv: jnp.ndarray, bias: jnp.ndarray,
   dropout = kwargs.get('dropout_rate', 0.0) > 0.0 and not kwargs.get(
       'deterministic', True)
   if (attention_fn is dot_product_attention and not dropout
-      and not _XLA_ATTENTION.value and jax.default_backend() == 'cpu'
-      and cpu_kernels.available()):
+      and _on_cpu_path() and cpu_kernels.available()):
     return cpu_attention.self_attention(qkv, bias)
   biased = qkv + bias
   return attention_fn(*(biased[..., i, :, :] for i in range(3)), **kwargs)
