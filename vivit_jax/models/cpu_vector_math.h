@@ -5,6 +5,7 @@
 #define VIVIT_JAX_MODELS_CPU_VECTOR_MATH_H_
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 
@@ -103,31 +104,32 @@ inline float Max(Vec x) {
   return std::max(std::max(x4[0], x4[2]), std::max(x4[1], x4[3]));
 }
 
+// c[0] r^(N-1) + c[1] r^(N-2) + ... + c[N-1], by Horner's rule.
+template <size_t N>
+inline Vec Horner(Vec r, const float (&c)[N]) {
+  Vec p = Vec{} + c[0];
+  for (size_t i = 1; i < N; ++i) p = p * r + c[i];
+  return p;
+}
+
 // exp(x) to about 1 ulp: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by Cephes'
 // polynomial, times 2^n. 0 below -87.3 (and for -inf), as float32
 // underflows there.
 inline Vec ExpOfReduced(Vec x, Vec n) {
   Vec r = x - n * 0.693359375f;
   r = r + n * 2.12194440e-4f;
-  Vec p = Vec{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
+  const Vec p = Horner(r, {1.9875691500e-4f, 1.3981999507e-3f,
+                           8.3334519073e-3f, 4.1665795894e-2f,
+                           1.6666665459e-1f, 5.0000001201e-1f});
   return p * (r * r) + r + 1.0f;
 }
 
 // 2^r for |r| <= 1/2: a minimax polynomial of degree 6 (relative error
 // 2e-9, about 1 ulp in float32 by Horner's rule).
 inline Vec Exp2OfReduced(Vec r) {
-  Vec p = Vec{} + 1.5356125368e-4f;
-  p = p * r + 1.3398816810e-3f;
-  p = p * r + 9.6184276044e-3f;
-  p = p * r + 5.5503327399e-2f;
-  p = p * r + 2.4022647738e-1f;
-  p = p * r + 6.9314718246e-1f;
-  return p * r + 1.0f;
+  return Horner(r, {1.5356125368e-4f, 1.3398816810e-3f, 9.6184276044e-3f,
+                    5.5503327399e-2f, 2.4022647738e-1f, 6.9314718246e-1f,
+                    1.0f});
 }
 
 #if defined(__AVX512F__)
