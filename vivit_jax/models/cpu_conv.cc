@@ -31,7 +31,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 
 #include "cpu_parallel.h"
 #include "cpu_register_blocks.h"
@@ -206,14 +205,12 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const Shape s(x, *grad);
   const int64_t grad_floats = grad->element_count();
   const int64_t groups = std::min(kPlaneGroups, s.batch * s.out_d);
-  const int64_t count = grad_floats + s.features;
-  std::unique_ptr<float[]> sums(new float[groups * count]);
-  const WeightGradGroup group{s, x.typed_data(), dy.typed_data(), grad_floats,
-                              groups, sums.get()};
-  ForEach(pool, groups, [group] { return group; });
-  const SumGroups sum{sums.get(), count, grad_floats, groups,
-                      grad->typed_data(), bias_grad->typed_data()};
-  ForEach(pool, sum.chunks(), [sum] { return sum; });
+  SumOfGroups(pool, groups, groups, grad->typed_data(), grad_floats,
+              bias_grad->typed_data(), s.features,
+              [&](float* sums, int64_t) {
+                return WeightGradGroup{s, x.typed_data(), dy.typed_data(),
+                                       grad_floats, groups, sums};
+              });
   return ffi::Error::Success();
 }
 

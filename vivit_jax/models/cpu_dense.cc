@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <memory>
 
 #include "cpu_parallel.h"
 #include "cpu_register_blocks.h"
@@ -83,15 +82,12 @@ ffi::Error WeightGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     return ffi::Error::InvalidArgument(
         "vivit_dense_weight_grad: dy's width is not a multiple of 32");
   }
-  const int64_t rows = k ? x.element_count() / k : 0;
-  const int64_t grad_floats = k * m, count = grad_floats + m;
-  std::unique_ptr<float[]> sums(new float[kRowGroups * count]);
-  const GroupTimesBlock item{x.typed_data(), dy.typed_data(), rows, k, m,
-                             m / kFeatures, count, sums.get()};
-  ForEach(pool, kRowGroups * item.blocks, [item] { return item; });
-  const SumGroups sum{sums.get(), count, grad_floats, kRowGroups,
-                      grad->typed_data(), bias_grad->typed_data()};
-  ForEach(pool, sum.chunks(), [sum] { return sum; });
+  const int64_t rows = k ? x.element_count() / k : 0, blocks = m / kFeatures;
+  SumOfGroups(pool, kRowGroups, kRowGroups * blocks, grad->typed_data(), k * m,
+              bias_grad->typed_data(), m, [&](float* sums, int64_t count) {
+                return GroupTimesBlock{x.typed_data(), dy.typed_data(), rows,
+                                       k, m, blocks, count, sums};
+              });
   return ffi::Error::Success();
 }
 

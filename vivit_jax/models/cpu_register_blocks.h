@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 
 #include "cpu_parallel.h"
 
@@ -99,6 +100,23 @@ struct SumGroups {
   int64_t count, grad_floats, groups;
   float *grad, *bias_grad;
 };
+
+// A kernel's gradient (grad_floats floats) and its bias's (bias_floats) as
+// `groups` partial sums, then their SumGroups into grad and bias_grad: the
+// work items make_item(sums, count) (`items` of them) write group g's
+// partial sums, count = grad_floats + bias_floats floats, at sums + g count.
+template <typename MakeItem>
+void SumOfGroups(xla::ffi::ThreadPool& pool, int64_t groups, int64_t items,
+                 float* grad, int64_t grad_floats, float* bias_grad,
+                 int64_t bias_floats, MakeItem make_item) {
+  const int64_t count = grad_floats + bias_floats;
+  std::unique_ptr<float[]> sums(new float[groups * count]);
+  const auto item = make_item(sums.get(), count);
+  ForEach(pool, items, [item] { return item; });
+  const SumGroups sum{sums.get(), count, grad_floats, groups, grad,
+                      bias_grad};
+  ForEach(pool, sum.chunks(), [sum] { return sum; });
+}
 
 }  // namespace vivit_jax
 
