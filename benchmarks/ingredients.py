@@ -164,11 +164,13 @@ INGREDIENTS = {
                  {'num_training_epochs': 20, 'lr_configs.warmup_epochs': 2.0}),
     'epochs40': ('40 epochs, 2 of warm-up',
                  {'num_training_epochs': 40, 'lr_configs.warmup_epochs': 2.0}),
+    'epochs60': ('60 epochs, 2 of warm-up',
+                 {'num_training_epochs': 60, 'lr_configs.warmup_epochs': 2.0}),
 }
 
 # configs/medmnist3d.py is these rows (tests/test_recipe.py checks it).
 RECIPE_ROWS = ('first', 'plain', 'bnstem3', 'epochs12', 'lr3e-4',
-               'regularize', 'depth2')
+               'regularize', 'depth2', 'flips', 'epochs40')
 
 
 def overrides(rows: Sequence[str], dataset: str) -> dict:
