@@ -11,16 +11,16 @@ Model 1 (joint space-time attention): the 3D CNN's three blocks as its stem
 (Conv3D 3^3 with 32, 64 and 128 filters, BatchNorm, ReLU, 2^3 max pooling
 rounding down: 28^3 -> 3^3), then tubelets of 1^3 (2^3 at 64^3) of width 64,
 4 heads, 2 layers, MLP 256, global average pooling: 3^3 or 4^3 tokens;
-dropout 0.1 and stochastic depth 0.1 in the transformer. AdamW at 3e-4 with weight decay 0.05, 2 epochs
-of warm-up then cosine decay, batch 32, 40 epochs; in training, random flips
-along each axis whose flip keeps the set's labels (all three for every set
-but OrganMNIST3D, which has none); no other augmentation, no label
-smoothing. One model, keeping the checkpoint with its highest validation
-AUC, which reads the test split once (`--config.ensemble_size=3` trains
-three from their own seeds and classifies by the mean of their
-probabilities, at three times the training). Chosen by 5-fold
-cross-validation over the train and val volumes (README, "A ViViT recipe
-for MedMNIST 3D", which also gives the rule).
+dropout 0.1 and stochastic depth 0.1 in the transformer. AdamW at 3e-4 with
+weight decay 0.05, 2 epochs of warm-up then cosine decay, batch 32, 40
+epochs; in training, random flips along each axis whose flip keeps the set's
+labels (all three for every set but OrganMNIST3D, which has none); no other
+augmentation, no label smoothing. One model, keeping the checkpoint with its
+highest validation AUC, which reads the test split once
+(`--config.ensemble_size=3` trains three from their own seeds and classifies
+by the mean of their probabilities, at three times the training). Chosen by
+5-fold cross-validation over the train and val volumes (README, "A ViViT
+recipe for MedMNIST 3D", which also gives the rule).
 """
 
 import ml_collections
