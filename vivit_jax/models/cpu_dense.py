@@ -76,7 +76,7 @@ def dense(x: jnp.ndarray, kernel: jnp.ndarray,
     (..., M).
   """
   if not _kernel_computes(x, kernel, bias):
-    y = x @ kernel
+    y = _matmul(x, kernel)
     return y if bias is None else y + bias
   return _dense(x, kernel, bias)
 
